@@ -1,0 +1,156 @@
+"""Adversarial discrepancies between student and teacher, and optional generator priors.
+
+An adversarial loss is written through a per-sample discrepancy ``d_i`` (e.g. L1 between
+logits). The student minimises ``mean_i d_i``; the generator minimises ``generator_loss(d)``.
+For symmetric losses that is ``-mean_i d_i`` and one-stage training simply reverses the
+gradient. For asymmetric ones, OSGAN's decomposition rescales the reversed gradient by
+``gamma_i = -(dl_G/dd_i) / (dl_S/dd_i)`` per sample, or by ``lambda = -g'(mean d)`` per batch.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def full(x: torch.Tensor) -> torch.Tensor:
+    """Upcast fp16/bf16 to fp32 for reductions and logs; fp32 and fp64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def l1(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean absolute difference of logits (DFAD); its batch mean is ``F.l1_loss``."""
+    return (student_logits - teacher_logits).abs().flatten(1).mean(1)
+
+
+def kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample KL(teacher || student) of the softmax outputs."""
+    log_s = F.log_softmax(full(student_logits), dim=1)
+    log_t = F.log_softmax(full(teacher_logits), dim=1)
+    return (log_t.exp() * (log_t - log_s)).sum(1)
+
+
+@dataclass(frozen=True)
+class Adversarial:
+    """One adversarial loss: the discrepancy, the generator's loss on it, and how one-stage scales.
+
+    ``mode`` is ``symmetric`` (generator loss = -student loss: plain reversal), ``batch``
+    (one scale for the batch: exact for any student) or ``sample`` (a scale per sample:
+    exact only when the student treats samples independently, i.e. no train-mode BatchNorm).
+    ``scale`` gives that scale in closed form from the detached discrepancies.
+    """
+
+    discrepancy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    generator_loss: Callable[[torch.Tensor], torch.Tensor]
+    mode: str = "symmetric"
+    scale: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+
+ADVERSARIAL: Dict[str, Adversarial] = {
+    "l1": Adversarial(l1, lambda d: -d.mean()),
+    "kl": Adversarial(kl, lambda d: -d.mean()),
+    # generator minimises -log(1 + L), L the batch L1: lambda = 1 / (1 + L)
+    "l1_log": Adversarial(l1, lambda d: -torch.log1p(d.mean()), "batch", lambda d: 1 / (1 + d.mean())),
+    # per-sample version: generator minimises -mean_i log(1 + d_i): gamma_i = 1 / (1 + d_i)
+    "l1_log_sample": Adversarial(l1, lambda d: -torch.log1p(d).mean(), "sample", lambda d: 1 / (1 + d)),
+}
+
+
+def gradient_scale(adv: Adversarial, d: torch.Tensor, max_scale: float) -> tuple[torch.Tensor, Dict[str, float]]:
+    """The generator's gradient scale (scalar or per sample) from detached fp32 discrepancies.
+
+    Uses the closed form where the loss has one, else the ratio of autograd derivatives with a
+    guarded denominator. The result is clamped to ``[0, max_scale]``; statistics are returned for logging.
+    """
+    d = full(d.detach())
+    if adv.scale is not None:
+        scale = adv.scale(d)
+    else:
+        dv = d.clone().requires_grad_(True)
+        (dg,) = torch.autograd.grad(adv.generator_loss(dv), dv)
+        ds = torch.full_like(d, 1.0 / d.numel())  # d(mean d)/dd_i
+        if adv.mode == "batch":
+            dg, ds = dg.sum(), ds.sum()
+        scale = -dg / ds.abs().clamp_min(1e-12).copysign(ds)
+    clamped = (scale < 0) | (scale > max_scale)
+    scale = scale.clamp(0.0, max_scale)
+    stats = {"scale_min": scale.min().item(), "scale_mean": scale.mean().item(),
+             "scale_max": scale.max().item(), "scale_clamped": clamped.float().mean().item()}
+    return scale, stats
+
+
+def one_hot_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """DAFL's one-hot loss: cross-entropy of the teacher against its own arg-max."""
+    return F.cross_entropy(teacher_logits, teacher_logits.argmax(1))
+
+
+def entropy_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """DAFL's information-entropy loss: minus the entropy of the batch-mean teacher prediction."""
+    p = F.softmax(full(teacher_logits), dim=1).mean(0)
+    return (p * torch.log(p.clamp_min(1e-12))).sum()
+
+
+class BNStatsPrior:
+    """DeepInversion/CMI prior: batch statistics at each teacher BatchNorm input match its running stats.
+
+    Forward hooks record the loss terms only inside ``record()``, so evaluation forwards
+    and the no-grad teacher forwards of student steps cost nothing extra.
+    """
+
+    def __init__(self, teacher: nn.Module):
+        self.layers = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not self.layers:
+            raise ValueError("priors.bn needs BatchNorm layers in the teacher, and it has none")
+        self.terms: Optional[List[torch.Tensor]] = None
+        for layer in self.layers:
+            layer.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, inputs, _output) -> None:
+        if self.terms is None:
+            return
+        x = full(inputs[0])
+        dims = [0] + list(range(2, x.ndim))
+        mean, var = x.mean(dims), x.var(dims, unbiased=False)
+        self.terms.append(torch.norm(mean - module.running_mean, 2) + torch.norm(var - module.running_var, 2))
+
+    @contextmanager
+    def record(self) -> Iterator[List[torch.Tensor]]:
+        self.terms = []
+        try:
+            yield self.terms
+        finally:
+            self.terms = None
+
+
+class Priors:
+    """The weighted sum of the generator priors switched on in the recipe (see PriorsConfig)."""
+
+    def __init__(self, weights, teacher: nn.Module):
+        self.bn_w, self.oh_w, self.ie_w = weights.bn, weights.oh, weights.ie
+        self.bn = BNStatsPrior(teacher) if self.bn_w > 0 else None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.bn_w or self.oh_w or self.ie_w)
+
+    def teacher_forward(self, teacher: nn.Module, x: torch.Tensor):
+        """Teacher logits on ``x`` and the prior loss (a 0-dim tensor, 0 when no prior is on)."""
+        if self.bn is None:
+            t = teacher(x)
+            bn_term = None
+        else:
+            with self.bn.record() as terms:
+                t = teacher(x)
+            bn_term = torch.stack(terms).sum()
+        loss, parts = t.new_zeros((), dtype=torch.float32), {}
+        for name, w, term in (("bn", self.bn_w, lambda: bn_term), ("oh", self.oh_w, lambda: one_hot_loss(t)),
+                              ("ie", self.ie_w, lambda: entropy_loss(t))):
+            if w > 0:
+                value = term()
+                parts[f"prior_{name}"] = value.detach()
+                loss = loss + w * value
+        return t, loss, parts

@@ -1,0 +1,69 @@
+"""One-stage adversarial distillation (OSGAN, Shen et al., CVPR 2021): one forward, one backward.
+
+The student's loss is ``mean_i d_i`` with ``d_i`` the student-teacher discrepancy on
+generated images. The generator wants the opposite (or a rescaled opposite). Instead of a
+second forward/backward for the generator, the gradient that flows back from the loss
+into the generated images is reversed (and rescaled) on the way: the student's weights
+get the student's gradient, the generator's weights the generator's, from one backward.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from dfkd.losses import full, gradient_scale
+
+
+class _ReverseGrad(torch.autograd.Function):
+    """Identity forward; backward returns ``-scale * grad``.
+
+    ``scale`` (0-dim, or one value per sample) is read when the gradient flows back, not
+    when the op runs, so a scale that depends on the loss (asymmetric losses) can be
+    filled in after the forward with ``scale.copy_(...)``: still one forward, one backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.scale = scale  # kept by reference on purpose, see the class docstring
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        scale = ctx.scale.to(grad.dtype)
+        if scale.ndim:  # per sample: broadcast over the non-batch dimensions
+            scale = scale.reshape(-1, *([1] * (grad.ndim - 1)))
+        return -scale * grad, None
+
+
+def reverse_grad(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Gradient reversal with a tensor scale (scalar or per sample); identity in the forward."""
+    return _ReverseGrad.apply(x, scale)
+
+
+def one_stage_step(parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """One joint update of student and generator from a single forward and a single backward.
+
+    The teacher sees the generated images unreversed, so the generator priors computed on
+    its logits/features get their plain gradient; only the adversarial path is reversed:
+    the images entering the student and the teacher logits entering the discrepancy.
+    """
+    adv = parts.adversarial
+    x = parts.generator(z)
+    t, prior_loss, metrics = parts.priors.teacher_forward(parts.teacher, x)
+    scale = torch.ones(x.shape[0] if adv.mode == "sample" else (), device=x.device,
+                       dtype=torch.promote_types(x.dtype, torch.float32))  # never below fp32
+    s = parts.student(reverse_grad(x, scale))
+    d = adv.discrepancy(s, reverse_grad(t, scale))
+    loss = full(d).mean()
+    if adv.mode != "symmetric":  # gamma / lambda from the unscaled fp32 discrepancies
+        value, stats = gradient_scale(adv, d, parts.max_scale)
+        scale.copy_(value)
+        metrics.update({k: torch.tensor(v) for k, v in stats.items()})
+    parts.opt_s.zero_grad(set_to_none=True)
+    parts.opt_g.zero_grad(set_to_none=True)
+    parts.accelerator.backward(loss + prior_loss)
+    parts.opt_s.step()
+    parts.opt_g.step()
+    metrics.update(loss_s=loss.detach(), loss_g=adv.generator_loss(full(d.detach())))
+    return metrics

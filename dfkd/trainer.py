@@ -1,0 +1,188 @@
+"""The distillation loop on Accelerate: build, step, evaluate, log, save. Reads top to bottom."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Dict
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from dfkd.config import Config, DfkdError
+from dfkd.evaluate import evaluate, test_loader
+from dfkd.losses import ADVERSARIAL, Priors
+from dfkd.models import Generator
+from dfkd.schemes import SCHEMES, Parts
+from dfkd.teacher import build_teacher, create_model
+
+
+def lr_factor(cfg: Config, progress: float) -> float:
+    """Learning-rate multiplier at ``progress`` in [0, 1] of the student-update budget."""
+    if cfg.lr_schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.lr_schedule == "step":
+        return cfg.lr_gamma ** sum(progress >= m for m in cfg.lr_milestones)
+    return 1.0
+
+
+def check_models(cfg: Config, teacher: nn.Module, student: nn.Module, generator: nn.Module) -> None:
+    """Teacher, student and generator must agree on classes and image shape before anything trains."""
+    z = torch.randn(2, cfg.generator.nz)
+    with torch.no_grad():
+        x = generator.eval()(z)
+        generator.train()
+        try:
+            t = teacher(x)
+        except RuntimeError as err:
+            raise DfkdError(f"teacher {cfg.teacher.name} cannot take generated images of shape {tuple(x.shape[1:])} "
+                            f"(data.image_size={cfg.data.image_size}, data.channels={cfg.data.channels}): "
+                            f"{str(err).splitlines()[0][:120]}") from err
+        s = student.eval()(x)
+        student.train()
+    if t.shape[1] != s.shape[1] or t.shape[1] != cfg.data.num_classes:
+        raise DfkdError(f"class counts differ: teacher {cfg.teacher.name} has {t.shape[1]}, student "
+                        f"{cfg.student.name} {s.shape[1]}, data.num_classes={cfg.data.num_classes}")
+    adv = ADVERSARIAL[cfg.loss]
+    if adv.mode == "sample" and cfg.scheme != "two_stage":
+        mixing = [n for n, m in student.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if mixing:
+            raise DfkdError(f"loss={cfg.loss} rescales the generator gradient per sample, which one-stage can do "
+                            f"exactly only if the student treats samples independently; {cfg.student.name} has "
+                            f"train-mode BatchNorm ({mixing[0]}): use loss=l1_log (per batch) or scheme=two_stage")
+
+
+def run_dir_for(cfg: Config) -> Path:
+    name = cfg.run_name or f"{cfg.recipe}-{cfg.scheme}{cfg.k if cfg.scheme != 'one_stage' else ''}-s{cfg.seed}"
+    return Path(cfg.out_dir).expanduser() / name
+
+
+def distill(cfg: Config) -> Dict:
+    """Run one distillation as configured; returns the summary (also written to summary.json)."""
+    if cfg.logger == "wandb" and not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")  # never block on a login prompt or the network
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
+                              log_with="wandb" if cfg.logger == "wandb" else None)
+    set_seed(cfg.seed)
+    run_dir = run_dir_for(cfg)
+    main = accelerator.is_main_process
+    if main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        except OSError as err:
+            raise DfkdError(f"cannot write the run directory {run_dir}: {err.strerror}; set out_dir=WRITABLE_DIR") from err
+
+    with accelerator.main_process_first():  # only one process trains a missing teacher
+        teacher = build_teacher(cfg, cfg.data.num_classes)
+    student = create_model(cfg.student.name, cfg.data.num_classes)
+    generator = Generator(cfg.generator.nz, cfg.generator.ngf, cfg.data.image_size, cfg.data.channels)
+    check_models(cfg, teacher, student, generator)
+    mean, std = teacher.pretrained_cfg["mean"], teacher.pretrained_cfg["std"]
+    loader = test_loader(cfg.data, mean, std)
+
+    opt_s = torch.optim.SGD(student.parameters(), lr=cfg.student.lr, momentum=cfg.student.momentum,
+                            weight_decay=cfg.student.weight_decay)
+    joint = cfg.scheme != "two_stage" and cfg.generator.joint_lr is not None
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.generator.joint_lr if joint else cfg.generator.lr,
+                             betas=(cfg.generator.beta1, cfg.generator.beta2))
+    base_lrs = [opt_s.param_groups[0]["lr"], opt_g.param_groups[0]["lr"]]
+    student, generator, opt_s, opt_g, loader = accelerator.prepare(student, generator, opt_s, opt_g, loader)
+    teacher = teacher.to(accelerator.device)  # frozen: not wrapped, never synchronised
+
+    z_rng = torch.Generator(accelerator.device).manual_seed(cfg.seed * 1000 + accelerator.process_index)
+    local_batch = cfg.batch_size // accelerator.num_processes  # batch_size is the global batch
+    parts = Parts(student, teacher, generator, opt_s, opt_g, ADVERSARIAL[cfg.loss], Priors(cfg.priors, teacher),
+                  accelerator, lambda: torch.randn(local_batch, cfg.generator.nz, generator=z_rng,
+                                                   device=accelerator.device), cfg.max_scale)
+    step = SCHEMES[cfg.scheme]
+    if cfg.logger == "wandb":
+        accelerator.init_trackers(cfg.wandb_project, config=OmegaConf.to_container(OmegaConf.structured(cfg)),
+                                  init_kwargs={"wandb": {"name": run_dir.name, "dir": str(run_dir)}})
+
+    teacher_acc = evaluate(teacher, loader, accelerator)
+    accelerator.print(f"[dfkd] {cfg.recipe}: teacher {cfg.teacher.name} {teacher_acc:.2f}% | student "
+                      f"{cfg.student.name} | scheme {cfg.scheme} k={cfg.k} loss={cfg.loss} | {cfg.student_updates} "
+                      f"student updates, batch {cfg.batch_size}, {accelerator.num_processes} process(es) "
+                      f"on {accelerator.device}")
+    metrics_file = open(run_dir / "metrics.jsonl", "w") if main else None
+
+    def log(record: Dict) -> None:
+        if main:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+        accelerator.log(record, step=record["update"])
+
+    updates = cycles = 0
+    best_acc, best_update, train_s, eval_s = -1.0, 0, 0.0, 0.0
+    final_acc = 0.0
+    bar = tqdm(total=cfg.student_updates, disable=not main, unit="upd", dynamic_ncols=True)
+    start = time.perf_counter()
+    while updates < cfg.student_updates:
+        factor = lr_factor(cfg, updates / cfg.student_updates)
+        for opt, base in zip((opt_s, opt_g), base_lrs):
+            for group in opt.param_groups:
+                group["lr"] = base * factor
+        tick = time.perf_counter()
+        made, metrics = step(parts, cfg.k)
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize()
+        train_s += time.perf_counter() - tick
+        prev, updates, cycles = updates, updates + made, cycles + 1
+        bar.update(made)
+        done = updates >= cfg.student_updates
+        if updates // cfg.log_every > prev // cfg.log_every or done:
+            values = {k: float(v) for k, v in metrics.items()}
+            bad = [k for k, v in values.items() if not math.isfinite(v)]
+            if bad:
+                raise DfkdError(f"non-finite {', '.join(bad)} at student update {updates}; lower the learning "
+                                f"rates or use mixed_precision=no")
+            log({"update": updates, "cycle": cycles, "train_s": round(train_s, 3),
+                 "lr_s": base_lrs[0] * factor, "lr_g": base_lrs[1] * factor, **values})
+            bar.set_postfix(loss_s=f"{values['loss_s']:.3f}", acc=f"{final_acc:.1f}",
+                            ups=f"{updates / max(train_s, 1e-9):.1f}")
+        if updates // cfg.eval_every > prev // cfg.eval_every or done:
+            tick = time.perf_counter()
+            final_acc = evaluate(student, loader, accelerator)
+            eval_s += time.perf_counter() - tick
+            if final_acc > best_acc:
+                best_acc, best_update = final_acc, updates
+                if main:
+                    save_student(accelerator.unwrap_model(student), run_dir / "student_best.safetensors")
+            log({"update": updates, "train_s": round(train_s, 3), "test_acc": final_acc, "best_acc": best_acc})
+            bar.write(f"[dfkd] update {updates}: student test acc {final_acc:.2f}% (best {best_acc:.2f}%), "
+                      f"train {train_s:.1f}s")
+    bar.close()
+    summary = {
+        "recipe": cfg.recipe, "scheme": cfg.scheme, "k": cfg.k, "loss": cfg.loss, "seed": cfg.seed,
+        "teacher": cfg.teacher.name, "student": cfg.student.name, "teacher_acc": teacher_acc,
+        "student_final_acc": final_acc, "student_best_acc": best_acc, "best_at_update": best_update,
+        "student_updates": updates, "generator_updates": cycles if cfg.scheme != "one_stage" else updates,
+        "train_seconds": round(train_s, 2), "eval_seconds": round(eval_s, 2),
+        "wall_seconds": round(time.perf_counter() - start, 2), "processes": accelerator.num_processes,
+        "device": str(accelerator.device), "run_dir": str(run_dir),
+    }
+    if main:
+        save_student(accelerator.unwrap_model(student), run_dir / "student.safetensors")
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        metrics_file.close()
+    accelerator.print(f"[dfkd] done: teacher {teacher_acc:.2f}% | student final {final_acc:.2f}% best "
+                      f"{best_acc:.2f}% | {cfg.scheme} | train {train_s:.1f}s, wall {summary['wall_seconds']:.1f}s "
+                      f"| {run_dir}")
+    accelerator.end_training()
+    return summary
+
+
+def save_student(student: nn.Module, path: Path) -> None:
+    """Student weights as safetensors, written to a temporary name and renamed (never half a file)."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in student.state_dict().items()}, str(tmp))
+    tmp.replace(path)
