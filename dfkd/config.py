@@ -32,6 +32,7 @@ class TeacherConfig:
 @dataclass
 class StudentConfig:
     name: str = "lenet5_half"
+    optimizer: str = "sgd"  # sgd (DFAD) | adam (AdamW)
     lr: float = 0.1  # SGD, as in DFAD
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -170,6 +171,7 @@ def validate(cfg: Config) -> None:
 
     _require(cfg.scheme in SCHEMES, f"scheme '{cfg.scheme}' is not one of {', '.join(SCHEMES)}")
     _require(cfg.loss in ADVERSARIAL, f"loss '{cfg.loss}' is not one of {', '.join(ADVERSARIAL)}")
+    _require(cfg.student.optimizer in ("sgd", "adam"), f"student.optimizer '{cfg.student.optimizer}' is not sgd or adam")
     _require(cfg.k >= 1, f"k must be >= 1, got {cfg.k}")
     _require(cfg.batch_size >= 2, f"batch_size must be >= 2 (BatchNorm needs two samples), got {cfg.batch_size}")
     _require(cfg.student_updates >= 1, f"student_updates must be >= 1, got {cfg.student_updates}")

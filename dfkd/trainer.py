@@ -87,8 +87,11 @@ def distill(cfg: Config) -> Dict:
     mean, std = teacher.pretrained_cfg["mean"], teacher.pretrained_cfg["std"]
     loader = test_loader(cfg.data, mean, std)
 
-    opt_s = torch.optim.SGD(student.parameters(), lr=cfg.student.lr, momentum=cfg.student.momentum,
-                            weight_decay=cfg.student.weight_decay)
+    if cfg.student.optimizer == "adam":
+        opt_s = torch.optim.AdamW(student.parameters(), lr=cfg.student.lr, weight_decay=cfg.student.weight_decay)
+    else:
+        opt_s = torch.optim.SGD(student.parameters(), lr=cfg.student.lr, momentum=cfg.student.momentum,
+                                weight_decay=cfg.student.weight_decay)
     joint = cfg.scheme != "two_stage" and cfg.generator.joint_lr is not None
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.generator.joint_lr if joint else cfg.generator.lr,
                              betas=(cfg.generator.beta1, cfg.generator.beta2))
