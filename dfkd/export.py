@@ -1,0 +1,345 @@
+"""``dfkd export RUN_DIR`` and ``dfkd evaluate ARTIFACT``: the distilled student as files people deploy.
+
+    dfkd export runs/default-one_stage-s0 [--format safetensors,torchscript,onnx] [--out DIR] [--which best|final]
+    dfkd evaluate runs/default-one_stage-s0/export/student.onnx [--limit N] [--out FILE]
+
+``student.safetensors`` is the bare timm model (normalise with the card's mean/std yourself);
+``student.torchscript.pt`` and ``student.onnx`` take RAW images — float32, NCHW, values in 0-1,
+already resized to the card's ``input_size`` — because normalization is inside them.
+Every file is reloaded and checked against the in-memory student on real test images in a
+temporary directory; only when all checks pass are the files moved into DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from dfkd.config import Config, DataConfig, DfkdError
+from dfkd.evaluate import test_loader
+from dfkd.teacher import create_model, load_weights
+
+FILES = {"safetensors": "student.safetensors", "torchscript": "student.torchscript.pt", "onnx": "student.onnx"}
+OPSET = 17  # every onnxruntime since 1.14 runs it; a CNN classifier needs no newer operator
+ATOL, RTOL = 1e-4, 1e-4  # logits parity, as torch.allclose: |exported - eager| <= ATOL + RTOL * |eager|
+PARITY_IMAGES = 256  # real test images each exported file is checked on
+SUFFIXES = {Path(file).suffix: fmt for fmt, file in FILES.items()}
+Predict = Callable[[torch.Tensor], torch.Tensor]  # raw 0-1 NCHW images -> logits
+
+
+class RawImageModel(nn.Module):
+    """Raw 0-1 images in, logits out: the deployable artifact carries its own normalization."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)
+
+
+def load_timm(arch: Dict, file: Path) -> nn.Module:
+    """The card's documented call. ``num_classes`` in the overlay too: else timm drops a classifier whose
+    size differs from the architecture's default pretrained_cfg (e.g. 100 CIFAR-100 classes vs 10)."""
+    import timm
+
+    import dfkd.models  # noqa: F401  (registers dfkd's networks in timm)
+
+    n = arch["num_classes"]
+    return timm.create_model(arch["architecture"], num_classes=n, pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(file), num_classes=n)).eval()
+
+
+def write(fmt: str, model: RawImageModel, example: torch.Tensor, path: Path) -> None:
+    """Save ``model`` as ``fmt``: the bare timm weights, or the raw-image module traced / exported."""
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous() for k, v in model.model.state_dict().items()}, str(path))
+    with warnings.catch_warnings():  # torch.jit is deprecated upstream, yet what C++/mobile loaders read;
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))  # dynamo ONNX needs onnxscript
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(model, example), str(path))
+        if fmt == "onnx":
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=OPSET,
+                              input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def reload(fmt: str, path: Path, arch: Dict) -> Predict:
+    """An exported file loaded back as a user would: through timm, torch.jit.load, or onnxruntime."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the same threads as the torch formats
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model = torch.jit.load(str(path), map_location="cpu").eval()
+    else:
+        model = RawImageModel(load_timm(arch, path), arch["mean"], arch["std"]).eval()
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+    return predict
+
+
+def read_run(run_dir: Path) -> Tuple[Config, Dict]:
+    """The run's resolved config and its summary (empty if the run has not finished)."""
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.is_file():
+        raise DfkdError(f"'{run_dir}' is not a dfkd run directory (no config.yaml); pass OUT_DIR/RUN_NAME of a "
+                        f"dfkd distill run")
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(cfg_file)))
+    except Exception as err:
+        raise DfkdError(f"{cfg_file} does not fit this dfkd's config schema: {str(err).splitlines()[0]}") from err
+    summary = run_dir / "summary.json"
+    return cfg, json.loads(summary.read_text()) if summary.is_file() else {}
+
+
+def make_card(run_dir: Path, which: str = "best", weights: Optional[Path] = None) -> Dict:
+    """student.json: what the student is, how to feed it, and how it compares with its teacher."""
+    cfg, summary = read_run(run_dir)
+    weights = weights or run_dir / ("student_best.safetensors" if which == "best" else "student.safetensors")
+    if not weights.is_file():
+        other = "final" if which == "best" else "best"
+        raise DfkdError(f"run directory '{run_dir}' has no {weights.name} (the run did not reach an evaluation "
+                        f"or did not finish); finish it with dfkd distill, or try --which {other}")
+    n = cfg.data.num_classes
+    teacher, student = create_model(cfg.teacher.name, n), create_model(cfg.student.name, n)  # architectures only
+    mean, std = teacher.pretrained_cfg["mean"], teacher.pretrained_cfg["std"]  # what the trainer evaluated with
+    t_params, s_params = (sum(p.numel() for p in m.parameters()) for m in (teacher, student))
+    return {
+        "architecture": cfg.student.name, "num_classes": n,
+        "input_size": [cfg.data.channels, cfg.data.image_size, cfg.data.image_size],
+        "mean": list(mean), "std": list(std),
+        "input": "student.safetensors is the bare timm model: feed (x - mean) / std. student.torchscript.pt and "
+                 "student.onnx include that normalization: feed float32 NCHW images with values in 0-1, resized "
+                 "(bilinear) to input_size; any batch size.",
+        "timm_load": "import dfkd.models, timm; timm.create_model(\"%s\", num_classes=%d, pretrained=True, "
+                     "pretrained_cfg_overlay=dict(file=\"student.safetensors\", num_classes=%d))"
+                     % (cfg.student.name, n, n),
+        "teacher": {"name": cfg.teacher.name, "checkpoint": cfg.teacher.checkpoint,
+                    "pretrained": cfg.teacher.pretrained, "test_acc": summary.get("teacher_acc"), "params": t_params},
+        "student_final_acc": summary.get("student_final_acc"), "student_best_acc": summary.get("student_best_acc"),
+        "exported": which, "scheme": cfg.scheme, "k": cfg.k, "loss": cfg.loss, "recipe": cfg.recipe,
+        "student_updates": summary.get("student_updates"),
+        "data": OmegaConf.to_container(OmegaConf.structured(cfg.data)),
+        "params": s_params, "size_mb": round(weights.stat().st_size / 1e6, 4),
+        "compression_ratio": round(t_params / s_params, 2),
+        "dfkd_version": version("dfkd"), "torch": torch.__version__, "run_dir": str(run_dir), "weights": str(weights),
+    }
+
+
+def real_batches(card: Dict, limit: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """The recipe's real test split as RAW 0-1 images (mean 0, std 1), first ``limit`` images."""
+    channels, left = card["input_size"][0], sys.maxsize if limit is None else limit
+    for x, y in test_loader(DataConfig(**card["data"]), [0.0] * channels, [1.0] * channels):
+        if left <= 0:
+            return
+        yield x[:left], y[:left]
+        left -= len(y)
+
+
+def check_parity(fmt: str, expected: torch.Tensor, got: torch.Tensor) -> Dict:
+    """Top-1 identical and logits within ATOL/RTOL; a top-1 change counts only where the eager
+    top-2 margin exceeds twice the tolerance (a genuine tie can flip legitimately)."""
+    if got.shape != expected.shape:
+        raise DfkdError(f"{fmt} parity check failed: logits {tuple(got.shape)}, expected {tuple(expected.shape)}")
+    diff = (got - expected).abs()
+    top2 = expected.topk(2, dim=1).values
+    tie = (top2[:, 0] - top2[:, 1]) <= 2 * (ATOL + RTOL * top2[:, 0].abs())
+    changed = int(((got.argmax(1) != expected.argmax(1)) & ~tie).sum())
+    if changed or not bool((diff <= ATOL + RTOL * expected.abs()).all()):
+        raise DfkdError(f"{fmt} parity check failed on {len(got)} real test images: max |logit diff| "
+                        f"{diff.max():.2e} (tolerance {ATOL:g} + {RTOL:g}*|logit|), {changed} top-1 changes; "
+                        "nothing was written")
+    return {"images": len(got), "max_abs_logit_diff": float(diff.max()), "atol": ATOL, "rtol": RTOL,
+            "top1_agreement": float((got.argmax(1) == expected.argmax(1)).float().mean())}
+
+
+def export(run_dir, formats: List[str], out=None, which: str = "best") -> Path:
+    """Write the student in ``formats`` plus student.json into ``out`` (default RUN_DIR/export), all or nothing."""
+    bad = [f for f in formats if f not in FILES] or ([] if formats else ["(none)"])
+    if bad:
+        raise DfkdError(f"cannot export format '{bad[0]}'; choose from {', '.join(FILES)} (comma-separated)")
+    run_dir = Path(run_dir).expanduser()
+    card = make_card(run_dir, which)
+    student = create_model(card["architecture"], card["num_classes"])
+    load_weights(student, card["weights"], what="student")
+    reference = RawImageModel(student.eval(), card["mean"], card["std"]).eval()
+    images = torch.cat([x for x, _ in real_batches(card, PARITY_IMAGES)])
+    with torch.no_grad():
+        expected = reference(images)
+    out = Path(out).expanduser() if out else run_dir / "export"
+    base = next(p for p in out.absolute().parents if p.is_dir())  # same filesystem as out: os.replace works
+    with tempfile.TemporaryDirectory(dir=base, prefix=f".{out.name}.partial-") as tmp:
+        card["opset"], card["parity"], card["files"] = OPSET, {}, {}
+        for fmt in formats:
+            path = Path(tmp) / FILES[fmt]
+            try:
+                write(fmt, reference, images[:2], path)
+                got = reload(fmt, path, card)(images)
+            except Exception as err:
+                raise DfkdError(f"cannot export {card['architecture']} to {fmt}: {type(err).__name__}: "
+                                f"{(str(err).splitlines() or [''])[0][:200]}") from err
+            card["parity"][fmt] = check_parity(fmt, expected, got)
+            card["files"][fmt] = FILES[fmt]
+        (Path(tmp) / "student.json").write_text(json.dumps(card, indent=2) + "\n")
+        out.mkdir(parents=True, exist_ok=True)
+        for file in Path(tmp).iterdir():  # everything passed: move into place
+            os.replace(file, out / file.name)
+    return out
+
+
+def latency_ms(predicts: Dict[str, Predict], example: torch.Tensor, seconds: float) -> Dict[str, float]:
+    """Median milliseconds per image for each model on ``example``; models take turns in five rounds,
+    so a neighbour's load on a shared CPU hits teacher and student alike."""
+    times: Dict[str, List[float]] = {name: [] for name in predicts}
+    for predict in [p for p in predicts.values() for _ in range(3)]:  # warm-up: first-call work of ORT/JIT
+        predict(example)
+    for _ in range(5):
+        for name, predict in predicts.items():
+            stop = time.perf_counter() + seconds / 5
+            while time.perf_counter() < stop or len(times[name]) < 3:
+                tick = time.perf_counter()
+                predict(example)
+                times[name].append(time.perf_counter() - tick)
+    return {name: 1000 * statistics.median(t) / len(example) for name, t in times.items()}
+
+
+def resolve_artifact(path: Path, which: str) -> Tuple[Dict, str, Path]:
+    """(card, format, file) for an exported file (card beside it) or a run directory / its checkpoint."""
+    if path.is_dir():
+        card = make_card(path, which)
+        return card, "safetensors", Path(card["weights"])
+    if not path.is_file():
+        raise DfkdError(f"'{path}' not found; pass a run directory or an exported student.safetensors/.pt/.onnx")
+    fmt = SUFFIXES.get(path.suffix)
+    if fmt is None:
+        raise DfkdError(f"'{path.name}' is not a dfkd artifact; expected one of {', '.join(SUFFIXES)} or a run dir")
+    if (path.parent / "student.json").is_file():
+        return json.loads((path.parent / "student.json").read_text()), fmt, path
+    if fmt == "safetensors" and (path.parent / "config.yaml").is_file():
+        return make_card(path.parent, which, weights=path), fmt, path
+    raise DfkdError(f"no student.json beside '{path}': export it with dfkd export RUN_DIR")
+
+
+def accuracy(predict: Predict, card: Dict, limit: Optional[int]) -> Tuple[float, int]:
+    """Top-1 accuracy in percent on the real test split (raw images in), and the number of images."""
+    correct = total = 0
+    for x, y in real_batches(card, limit):
+        correct += int((predict(x).argmax(1) == y).sum())
+        total += len(y)
+    return 100.0 * correct / total, total
+
+
+def evaluate_artifact(artifact, limit: Optional[int] = None, which: str = "best", seconds: float = 2.0) -> str:
+    """Markdown: teacher vs student — params, MB, CPU latency at batch 1 and 64, test accuracy. The teacher
+    is run in the student's format (exported to a temporary file), so both go through the same runtime."""
+    card, fmt, path = resolve_artifact(Path(artifact).expanduser(), which)
+    t = card["teacher"]
+    teacher = create_model(t["name"], card["num_classes"], pretrained=t["pretrained"])
+    if t["checkpoint"]:
+        load_weights(teacher, t["checkpoint"])
+    example = torch.cat([x for x, _ in real_batches(card, 64)])
+    with tempfile.TemporaryDirectory(prefix="dfkd-evaluate-") as tmp:
+        t_path = Path(tmp) / ("teacher" + Path(FILES[fmt]).suffix)
+        write(fmt, RawImageModel(teacher.eval(), card["mean"], card["std"]).eval(), example[:2], t_path)
+        rows = {"teacher": {"arch": t["name"], "params": t["params"], "mb": t_path.stat().st_size / 1e6,
+                            "predict": reload(fmt, t_path, {**card, "architecture": t["name"]})},
+                "student": {"arch": card["architecture"], "params": card["params"], "mb": path.stat().st_size / 1e6,
+                            "predict": reload(fmt, path, card)}}
+        for row in rows.values():
+            row["acc"], images = accuracy(row["predict"], card, limit)
+        predicts = {role: row["predict"] for role, row in rows.items()}
+        for batch in (1, 64):
+            for role, ms in latency_ms(predicts, example[:batch], seconds).items():
+                rows[role][f"b{batch}"] = ms
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), platform.machine())
+    lines = [f"`dfkd evaluate {artifact}`: {card['data']['dataset']} test split ({images:,} images"
+             f"{', a subset' if limit else ''}), {fmt} format, {torch.get_num_threads()} thread(s) on {cpu}, "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
+             "| model | arch | params | MB | ms/image, batch 1 | ms/image, batch 64 | test acc % |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {role} | {r['arch']} | {r['params']:,} | {r['mb']:.3f} | {r['b1']:.3f} | {r['b64']:.4f} | "
+              f"{r['acc']:.2f} |" for role, r in rows.items()]
+    t, s = rows["teacher"], rows["student"]
+    lines += ["", f"Student vs teacher: {t['params'] / s['params']:.2f}x fewer parameters, {t['mb'] / s['mb']:.2f}x "
+                  f"smaller file, {t['b1'] / s['b1']:.2f}x / {t['b64'] / s['b64']:.2f}x faster at batch 1 / 64, "
+                  f"{s['acc'] - t['acc']:+.2f} accuracy points."]
+    return "\n".join(lines) + "\n"
+
+
+def one_line_errors(fn, *args):
+    """``fn(*args)``, or None after printing a user mistake (DfkdError) as one line."""
+    try:
+        return fn(*args)
+    except DfkdError as err:
+        print(f"dfkd: error: {err}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="dfkd export", description="Export a run's student, parity-checked.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--format", default=",".join(FILES), help="comma-separated: " + ", ".join(FILES))
+    parser.add_argument("--out", help="output directory (default RUN_DIR/export)")
+    parser.add_argument("--which", choices=("best", "final"), default="best")
+    args = parser.parse_args(argv)
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    out = one_line_errors(export, args.run_dir, formats, args.out, args.which)
+    if out is None:
+        return 2
+    card = json.loads((out / "student.json").read_text())
+    for fmt, check in card["parity"].items():
+        print(f"[dfkd] {out / FILES[fmt]}: parity ok on {check['images']} test images "
+              f"(max |logit diff| {check['max_abs_logit_diff']:.1e})")
+    print(f"[dfkd] {out / 'student.json'}: {card['architecture']} {card['params']:,} params, "
+          f"{card['compression_ratio']}x fewer than {card['teacher']['name']}")
+    return 0
+
+
+def evaluate_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="dfkd evaluate", description="Accuracy, CPU latency and size: "
+                                     "teacher vs an exported student (or a run directory's weights).")
+    parser.add_argument("artifact", help="student.safetensors / .torchscript.pt / .onnx, or a run directory")
+    parser.add_argument("--limit", type=int, help="first N test images only (default: the whole test split)")
+    parser.add_argument("--which", choices=("best", "final"), default="best", help="for a run directory")
+    parser.add_argument("--seconds", type=float, default=2.0, help="timing budget per model and batch size")
+    parser.add_argument("--threads", type=int, help="torch/onnxruntime threads (default: torch's default)")
+    parser.add_argument("--out", help="also write the markdown table to this file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    table = one_line_errors(evaluate_artifact, args.artifact, args.limit, args.which, args.seconds)
+    if table is None:
+        return 2
+    print(table, end="")
+    if args.out:
+        out = Path(args.out).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".tmp").write_text(table)
+        out.with_suffix(".tmp").replace(out)
+    return 0

@@ -1,0 +1,96 @@
+"""Every user mistake gives one line ``dfkd: error: ...`` and exit code 2, never a traceback.
+
+The table below is also README's "Troubleshooting" section: keep the two in step.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dfkd.distill import main
+from dfkd.teacher import create_model
+
+REPO = Path(__file__).resolve().parents[1]
+TEACHER = Path("~/.cache/dfkd/teachers/lenet5_mnist.safetensors").expanduser()
+needs_teacher = pytest.mark.skipif(not TEACHER.is_file(), reason=f"needs the cached MNIST teacher {TEACHER}")
+
+
+class WritesAFile:
+    """A pickle that, if ever unpickled, creates ``path``: proves .pt files are read with weights_only=True."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def make_files(tmp: Path) -> dict:
+    """The bad files the table points at, made fresh in ``tmp``."""
+    (tmp / "corrupt.safetensors").write_bytes(os.urandom(4096))
+    if TEACHER.is_file():
+        data = TEACHER.read_bytes()
+        (tmp / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    other = create_model("lenet5_half", 10)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp / "lenet5_half.safetensors"))
+    torch.save({"conv1.weight": torch.zeros(1), "payload": WritesAFile(str(tmp / "pwned"))}, tmp / "pickled.pt")
+    (tmp / "a_file").write_text("not a directory\n")
+    return {"TMP": str(tmp)}
+
+
+# (arguments, fragment of the one-line message); {TMP} is the test's temporary folder
+CASES = {
+    "unknown recipe": (["recipe=cifar10_rn34"], "unknown recipe 'cifar10_rn34'; available: "),
+    "not key=value": (["scheme"], "argument 'scheme' is not key=value"),
+    "misspelt key": (["student.lrr=0.01"], "unknown key 'student.lrr' in the command line; did you mean 'student.lr'?"),
+    "misspelt top-level key": (["student_update=10"], "did you mean 'student_updates'?"),
+    "wrong type": (["batch_size=abc"], "bad value for 'batch_size'"),
+    "negative lr": (["student.lr=-0.1"], "student.lr must be > 0, got -0.1"),
+    "batch 0": (["batch_size=0"], "batch_size must be >= 2"),
+    "k < 1": (["scheme=two_stage", "k=0"], "k must be >= 1, got 0"),
+    "unknown scheme": (["scheme=three_stage"], "scheme 'three_stage' is not one of two_stage, one_stage, hybrid"),
+    "negative checkpoint_every": (["checkpoint_every=-5"], "checkpoint_every must be >= 0"),
+    "class-count mismatch": (["data.num_classes=100"], "has 10 classes, lenet5 was built with 100"),
+    "input size mismatch": (["data.image_size=28"], "teacher lenet5 cannot take generated images of shape (1, 28, 28)"),
+    "channel mismatch": (["data.channels=3"], "teacher lenet5 cannot take generated images of shape (3, 32, 32)"),
+    "missing checkpoint": (["teacher.checkpoint={TMP}/nope.safetensors", "teacher.train_if_missing=false"],
+                           "checkpoint '{TMP}/nope.safetensors' not found"),
+    "corrupt checkpoint": (["teacher.checkpoint={TMP}/corrupt.safetensors"], "cannot be read"),
+    "truncated checkpoint": (["teacher.checkpoint={TMP}/truncated.safetensors"], "cannot be read"),
+    "pickled object in .pt": (["teacher.checkpoint={TMP}/pickled.pt"], "cannot be read (UnpicklingError"),
+    "checkpoint of another architecture": (["teacher.checkpoint={TMP}/lenet5_half.safetensors"],
+                                           "does not fit lenet5"),
+    "missing resume checkpoint": (["resume={TMP}/runs/x/checkpoints/step_000100"], "resume checkpoint"),
+    "unwritable out_dir": (["out_dir={TMP}/a_file/runs"], "cannot write the run directory"),
+    "dataset root missing": (["data.root={TMP}/no_data", "data.download=false"], "MNIST not found under"),
+}
+
+
+@needs_teacher
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gives_one_line_and_exit_2(case, tmp_path, capsys):
+    args, fragment = CASES[case]
+    subs = make_files(tmp_path)
+    tiny = [f"out_dir={tmp_path}/runs", "student_updates=2", "batch_size=4", "generator.ngf=4", "logger=none"]
+    code = main(tiny + [a.format(**subs) for a in args])  # the case's own values come last and win
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, f"{case}: exit code {code}"
+    assert err and err[-1].startswith("dfkd: error: "), err
+    assert fragment.format(**subs) in err[-1], err[-1]
+    assert not (tmp_path / "pwned").exists(), "a .pt file was unpickled with code execution"
+
+
+def test_command_line_error_exits_2_without_traceback():
+    proc = subprocess.run([sys.executable, str(REPO / "dfkd" / "distill.py"), "student.lrr=0.01"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("dfkd: error: unknown key 'student.lrr' in the command line; "
+                                   "did you mean 'student.lr'?")
+    assert "Traceback" not in proc.stdout + proc.stderr
