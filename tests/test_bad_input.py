@@ -15,10 +15,10 @@ from safetensors.torch import save_file
 
 from dfkd.distill import main
 from dfkd.teacher import create_model
+from conftest import TEACHER
 
 REPO = Path(__file__).resolve().parents[1]
-TEACHER = Path("~/.cache/dfkd/teachers/lenet5_mnist.safetensors").expanduser()
-needs_teacher = pytest.mark.skipif(not TEACHER.is_file(), reason=f"needs the cached MNIST teacher {TEACHER}")
+needs_teacher = pytest.mark.usefixtures("mnist_teacher")  # trains/caches it first (conftest)
 
 
 class WritesAFile:

@@ -28,9 +28,8 @@ from dfkd.config import Config, DfkdError, load_config
 from dfkd.trainer import distill
 
 REPO = Path(__file__).resolve().parents[1]
-TEACHER = Path("~/.cache/dfkd/teachers/lenet5_mnist.safetensors").expanduser()
 # one_thread (conftest): as the subprocess (OMP_NUM_THREADS=1): same reduction order, same bits
-pytestmark = [pytest.mark.skipif(not TEACHER.is_file(), reason=f"needs the cached MNIST teacher {TEACHER}"),
+pytestmark = [pytest.mark.usefixtures("mnist_teacher"),  # trained and cached first (conftest)
               pytest.mark.usefixtures("one_thread")]
 
 TINY = ["student_updates=40", "checkpoint_every=10", "eval_every=20", "log_every=5", "batch_size=16",
