@@ -40,8 +40,8 @@ from dfkd.teacher import create_model
 
 SCHEME_NAMES = ("two_stage_k5", "two_stage_k1", "one_stage", "hybrid_k5")
 PAIRS = {  # the models of the default recipe, and the CIFAR pair of DFAD at a CPU-sized batch
-    "lenet": {"title": "LeNet-5 -> LeNet-5-half, generator ngf=16, 32x32x1 (recipes/default.yaml)",
-              "teacher": "lenet5", "student": "lenet5_half", "ngf": 16, "channels": 1, "batch": 128,
+    "lenet": {"title": "LeNet-5 -> LeNet-5-half, generator ngf=8, 32x32x1 (recipes/default.yaml)",
+              "teacher": "lenet5", "student": "lenet5_half", "ngf": 8, "channels": 1, "batch": 128,
               "updates": 10, "repeats": 7},
     "resnet": {"title": "CIFAR ResNet-34 -> ResNet-18 (random-init teacher), generator ngf=64, 32x32x3",
                "teacher": "resnet34_cifar", "student": "resnet18_cifar", "ngf": 64, "channels": 3, "batch": 16,

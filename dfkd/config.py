@@ -95,7 +95,11 @@ class Config:
     seed: int = 0
     out_dir: str = "runs"
     run_name: Optional[str] = None  # default: <recipe>-<scheme>-s<seed>
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    # no | bf16 | fp16 (fp16: GPU only; one loss scaler shared by student and generator, skipped steps
+    # counted). "no" leaves `accelerate launch --mixed_precision` in charge.
+    mixed_precision: str = "no"
+    compile: bool = False  # torch.compile student, generator and teacher (see README, Scaling, for what it bought)
+    channels_last: bool = False  # NHWC memory format for the three networks
     logger: str = "none"  # none | wandb
     wandb_project: str = "dfkd"
     export: bool = False  # at the end: dfkd export RUN_DIR (safetensors, TorchScript, ONNX of the best student)
@@ -158,6 +162,8 @@ def load_config(argv: List[str]) -> Config:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), recipe_cfg, cli_cfg, {"recipe": path.stem})
         cfg: Config = OmegaConf.to_object(merged)
+        if cfg.mixed_precision == "False":  # YAML reads a bare `no` as false: mixed_precision=no means "no"
+            cfg.mixed_precision = "no"
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
         msg = str(err).splitlines()[0]

@@ -63,7 +63,32 @@ def one_stage_step(parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
     parts.opt_s.zero_grad(set_to_none=True)
     parts.opt_g.zero_grad(set_to_none=True)
     parts.accelerator.backward(loss + prior_loss)
-    parts.opt_s.step()
-    parts.opt_g.step()
-    metrics.update(loss_s=loss.detach(), loss_g=adv.generator_loss(full(d.detach())))
+    skipped = step_together(parts.accelerator, parts.opt_s, parts.opt_g)
+    metrics.update(loss_s=loss.detach(), loss_g=adv.generator_loss(full(d.detach())), skipped=skipped)
     return metrics
+
+
+def step_together(accelerator, *optimizers) -> float:
+    """Step every optimizer after one backward; under fp16, all of them or none. Returns 1.0 if skipped.
+
+    Accelerate's ``AcceleratedOptimizer.step`` runs ``scaler.step`` *and* ``scaler.update`` per
+    optimizer: with one backward feeding two, the second would be unscaled by an already-updated
+    scale, and an inf in one optimizer's gradients would not stop the other. So: one scale, one
+    inf check over all gradients, one ``update``.
+    """
+    scaler = accelerator.scaler
+    if scaler is None:  # fp32 / bf16: nothing to unscale, nothing to skip
+        for opt in optimizers:
+            opt.step()
+        return 0.0
+    inner = [getattr(opt, "optimizer", opt) for opt in optimizers]  # the torch optimizers Accelerate wraps
+    for opt in inner:
+        scaler.unscale_(opt)
+    # what scaler.step itself reads to decide a skip, summed over all optimizers
+    states = [scaler._per_optimizer_states[id(opt)] for opt in inner]
+    found_inf = sum(v.item() for state in states for v in state["found_inf_per_device"].values())
+    if not found_inf:
+        for opt in inner:
+            scaler.step(opt)  # already unscaled: steps without a second inf check
+    scaler.update()  # once per backward: halves the scale after an overflow
+    return float(found_inf > 0)

@@ -2,7 +2,8 @@
 
 ``two_stage(k)`` is DFAD's alternating baseline, ``one_stage`` the joint OSGAN update and
 ``hybrid(k)`` mixes them: k-1 cheap student-only steps, then one joint step. Each call runs
-one cycle and returns (student updates made, metrics of its last steps).
+one cycle and returns (student updates made, metrics of its last steps); ``skipped`` counts the
+cycle's updates skipped by the fp16 loss scaler (inf/NaN gradients).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from dfkd.losses import Adversarial, Priors, full
-from dfkd.onestage import one_stage_step
+from dfkd.onestage import one_stage_step, step_together
 
 
 @dataclass
@@ -53,8 +54,7 @@ def student_step(parts: Parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
     loss = full(parts.adversarial.discrepancy(parts.student(x), t)).mean()
     parts.opt_s.zero_grad(set_to_none=True)
     parts.accelerator.backward(loss)
-    parts.opt_s.step()
-    return {"loss_s": loss.detach()}
+    return {"loss_s": loss.detach(), "skipped": step_together(parts.accelerator, parts.opt_s)}
 
 
 def generator_step(parts: Parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -66,16 +66,18 @@ def generator_step(parts: Parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
         loss_g = parts.adversarial.generator_loss(full(d))
         parts.opt_g.zero_grad(set_to_none=True)
         parts.accelerator.backward(loss_g + prior_loss)
-    parts.opt_g.step()
-    metrics["loss_g"] = loss_g.detach()
+    metrics.update(loss_g=loss_g.detach(), skipped=step_together(parts.accelerator, parts.opt_g))
     return metrics
 
 
 def two_stage(parts: Parts, k: int) -> Tuple[int, Dict[str, torch.Tensor]]:
     """DFAD: k student steps, then one generator step (four passes per student step at k=1)."""
+    skipped = 0.0
     for _ in range(k):
         metrics = student_step(parts, parts.sample_z())
+        skipped += metrics["skipped"]
     metrics.update(generator_step(parts, parts.sample_z()))
+    metrics["skipped"] += skipped
     return k, metrics
 
 
@@ -86,9 +88,10 @@ def one_stage(parts: Parts, k: int = 1) -> Tuple[int, Dict[str, torch.Tensor]]:
 
 def hybrid(parts: Parts, k: int) -> Tuple[int, Dict[str, torch.Tensor]]:
     """k-1 student-only steps, then one joint step: DFAD's k:1 ratio with one pass saved per cycle."""
-    for _ in range(k - 1):
-        student_step(parts, parts.sample_z())
-    return k, one_stage_step(parts, parts.sample_z())
+    skipped = sum(student_step(parts, parts.sample_z())["skipped"] for _ in range(k - 1))
+    metrics = one_stage_step(parts, parts.sample_z())
+    metrics["skipped"] += skipped
+    return k, metrics
 
 
 SCHEMES = {"two_stage": two_stage, "one_stage": one_stage, "hybrid": hybrid}

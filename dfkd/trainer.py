@@ -10,7 +10,7 @@ from typing import Dict
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import get_mixed_precision_context_manager, set_seed
 from omegaconf import OmegaConf
 from torch import nn
 from tqdm import tqdm
@@ -39,13 +39,15 @@ def check_models(cfg: Config, teacher: nn.Module, student: nn.Module, generator:
     with torch.no_grad():
         x = generator.eval()(z)
         generator.train()
-        try:
-            t = teacher(x)
-        except RuntimeError as err:
-            raise DfkdError(f"teacher {cfg.teacher.name} cannot take generated images of shape {tuple(x.shape[1:])} "
-                            f"(data.image_size={cfg.data.image_size}, data.channels={cfg.data.channels}): "
-                            f"{str(err).splitlines()[0][:120]}") from err
-        s = student.eval()(x)
+        outputs = []
+        for role, name, model in (("teacher", cfg.teacher.name, teacher), ("student", cfg.student.name, student)):
+            try:
+                outputs.append(model.eval()(x))
+            except RuntimeError as err:
+                raise DfkdError(f"{role} {name} cannot take generated images of shape {tuple(x.shape[1:])} "
+                                f"(data.image_size={cfg.data.image_size}, data.channels={cfg.data.channels}): "
+                                f"{str(err).splitlines()[0][:120]}") from err
+        t, s = outputs
         student.train()
     if t.shape[1] != s.shape[1] or t.shape[1] != cfg.data.num_classes:
         raise DfkdError(f"class counts differ: teacher {cfg.teacher.name} has {t.shape[1]}, student "
@@ -59,6 +61,23 @@ def check_models(cfg: Config, teacher: nn.Module, student: nn.Module, generator:
                             f"train-mode BatchNorm ({mixing[0]}): use loss=l1_log (per batch) or scheme=two_stage")
 
 
+def prepare_teacher(accelerator: Accelerator, teacher: nn.Module, compile: bool = False) -> nn.Module:
+    """The frozen teacher on the accelerator's device, under the same autocast as the prepared student.
+
+    Not ``accelerator.prepare``d: that would wrap it for DDP and put it in every checkpoint.
+    """
+    teacher = teacher.to(accelerator.device)
+    if accelerator.native_amp:
+        teacher.forward = get_mixed_precision_context_manager(True, accelerator.autocast_handler)(teacher.forward)
+    return torch.compile(teacher) if compile else teacher
+
+
+def grad_norm(module: nn.Module) -> float:
+    """L2 norm of the module's gradients from its last update (0 when it has none yet)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads).item() if grads else 0.0
+
+
 def run_dir_for(cfg: Config) -> Path:
     name = cfg.run_name or f"{cfg.recipe}-{cfg.scheme}{cfg.k if cfg.scheme != 'one_stage' else ''}-s{cfg.seed}"
     return Path(cfg.out_dir).expanduser() / name
@@ -68,8 +87,21 @@ def distill(cfg: Config) -> Dict:
     """Run one distillation as configured; returns the summary (also written to summary.json)."""
     if cfg.logger == "wandb" and not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")  # never block on a login prompt or the network
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
+    # Without CUDA, torchrun / `accelerate launch --multi_gpu` would start N unconnected single-process
+    # runs unless Accelerate is told the processes are CPU ones (then it joins them with gloo).
+    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    # "no" (the default) leaves `accelerate launch --mixed_precision`, or its config, in charge;
+    # compile=true compiles student and generator after DDP wrapping, in prepare()
+    accelerator = Accelerator(cpu=cpu_processes,
+                              mixed_precision=None if cfg.mixed_precision == "no" else cfg.mixed_precision,
+                              dynamo_backend="inductor" if cfg.compile else None,
                               log_with="wandb" if cfg.logger == "wandb" else None)
+    if accelerator.mixed_precision == "fp16" and accelerator.scaler is None:
+        raise DfkdError(f"mixed_precision=fp16 needs a GPU: on {accelerator.device.type} Accelerate has no fp16 "
+                        f"autocast and would silently train in fp32; use mixed_precision=bf16 or no")
+    if cfg.batch_size % accelerator.num_processes:
+        raise DfkdError(f"batch_size {cfg.batch_size} (the global batch) is not divisible by the "
+                        f"{accelerator.num_processes} processes; pick a multiple of {accelerator.num_processes}")
     set_seed(cfg.seed)
     run_dir = run_dir_for(cfg)
     main = accelerator.is_main_process
@@ -99,14 +131,18 @@ def distill(cfg: Config) -> Dict:
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.generator.joint_lr if joint else cfg.generator.lr,
                              betas=(cfg.generator.beta1, cfg.generator.beta2))
     base_lrs = [opt_s.param_groups[0]["lr"], opt_g.param_groups[0]["lr"]]
+    if cfg.channels_last:
+        for model in (student, generator, teacher):
+            model.to(memory_format=torch.channels_last)
     student, generator, opt_s, opt_g, loader = accelerator.prepare(student, generator, opt_s, opt_g, loader)
-    teacher = teacher.to(accelerator.device)  # frozen: not wrapped, never synchronised
 
     z_rng = torch.Generator(accelerator.device).manual_seed(cfg.seed * 1000 + accelerator.process_index)
     local_batch = cfg.batch_size // accelerator.num_processes  # batch_size is the global batch
-    parts = Parts(student, teacher, generator, opt_s, opt_g, ADVERSARIAL[cfg.loss], Priors(cfg.priors, teacher),
-                  accelerator, lambda: torch.randn(local_batch, cfg.generator.nz, generator=z_rng,
-                                                   device=accelerator.device), cfg.max_scale)
+    priors = Priors(cfg.priors, teacher)  # before compiling: its BN hooks sit on the teacher's own layers
+    teacher = prepare_teacher(accelerator, teacher, cfg.compile)  # frozen: not wrapped, never synchronised
+    parts = Parts(student, teacher, generator, opt_s, opt_g, ADVERSARIAL[cfg.loss], priors, accelerator,
+                  lambda: torch.randn(local_batch, cfg.generator.nz, generator=z_rng, device=accelerator.device),
+                  cfg.max_scale)
     step = SCHEMES[cfg.scheme]
     if cfg.logger == "wandb":
         accelerator.init_trackers(cfg.wandb_project, config=OmegaConf.to_container(OmegaConf.structured(cfg)),
@@ -122,10 +158,14 @@ def distill(cfg: Config) -> Dict:
     updates, cycles, done = state.get("updates", 0), state.get("cycles", 0), state.get("done", False)
     best_acc, best_update = state.get("best_acc", -1.0), state.get("best_update", 0)
     train_s, eval_s, final_acc = state.get("train_s", 0.0), state.get("eval_s", 0.0), state.get("final_acc", 0.0)
+    skipped_steps = state.get("skipped_steps", 0)
     if main and last_good:
         trim_metrics(run_dir / "metrics.jsonl", updates)  # then append: the file reads as one run
     metrics_file = open(run_dir / "metrics.jsonl", "a" if last_good else "w") if main else None
     nan_at = os.environ.get("DFKD_DEBUG_NAN_AT_UPDATE")  # testing aid: poison the student's weights there
+
+    def unwrap(model: nn.Module) -> nn.Module:  # the bare module: no DDP, no torch.compile wrapper
+        return accelerator.unwrap_model(model, keep_torch_compile=False)
 
     def log(record: Dict) -> None:
         if main:
@@ -158,15 +198,18 @@ def distill(cfg: Config) -> Dict:
             raise DfkdError(f"non-finite {', '.join(bad)} at student update {updates} (cycle {cycles}); stopped "
                             f"without saving; last good checkpoint: {last_good or 'none'}; lower student.lr / "
                             f"generator.lr or use mixed_precision=no")
+        skipped_steps += int(metrics["skipped"])  # fp16 overflows: both optimizers skipped, scale halved
         bar.update(made)
         done = updates >= cfg.student_updates or (  # budget=time: the first whole cycle past the limit
             cfg.max_train_seconds is not None and train_s > cfg.max_train_seconds)
         if updates // cfg.log_every > prev // cfg.log_every or done:
             values = {k: float(v) for k, v in metrics.items()}
+            samples_per_s = updates * cfg.batch_size / max(train_s, 1e-9)  # global batch, all processes
             log({"update": updates, "cycle": cycles, "train_s": round(train_s, 3),
-                 "lr_s": base_lrs[0] * factor, "lr_g": base_lrs[1] * factor, **values})
-            bar.set_postfix(loss_s=f"{values['loss_s']:.3f}", acc=f"{final_acc:.1f}",
-                            ups=f"{updates / max(train_s, 1e-9):.1f}")
+                 "wall_s": round(time.perf_counter() - start, 3), "samples_per_s": round(samples_per_s, 1),
+                 "lr_s": base_lrs[0] * factor, "lr_g": base_lrs[1] * factor, "grad_norm_s": grad_norm(student),
+                 "grad_norm_g": grad_norm(generator), "skipped_steps": skipped_steps, **values})
+            bar.set_postfix(loss_s=f"{values['loss_s']:.3f}", acc=f"{final_acc:.1f}", samples_s=f"{samples_per_s:.0f}")
         if updates // cfg.eval_every > prev // cfg.eval_every or done:
             tick = time.perf_counter()
             final_acc = evaluate(student, loader, accelerator)
@@ -174,10 +217,11 @@ def distill(cfg: Config) -> Dict:
             if final_acc > best_acc:
                 best_acc, best_update = final_acc, updates
                 if main:
-                    save_student(accelerator.unwrap_model(student), run_dir / "student_best.safetensors")
+                    save_student(unwrap(student), run_dir / "student_best.safetensors")
             log({"update": updates, "train_s": round(train_s, 3), "test_acc": final_acc, "best_acc": best_acc})
-            bar.write(f"[dfkd] update {updates}: student test acc {final_acc:.2f}% (best {best_acc:.2f}%), "
-                      f"train {train_s:.1f}s")
+            if main:
+                bar.write(f"[dfkd] update {updates}: student test acc {final_acc:.2f}% (best {best_acc:.2f}%), "
+                          f"train {train_s:.1f}s")
         if done or (cfg.checkpoint_every and updates // cfg.checkpoint_every > prev // cfg.checkpoint_every):
             if not all(torch.isfinite(p).all() for p in [*student.parameters(), *generator.parameters()]):
                 bar.close()
@@ -185,7 +229,8 @@ def distill(cfg: Config) -> Dict:
                                 f"not saved; last good checkpoint: {last_good or 'none'}")
             last_good = save_checkpoint(accelerator, run_dir, dict(
                 updates=updates, cycles=cycles, done=done, train_s=train_s, eval_s=eval_s, best_acc=best_acc,
-                best_update=best_update, final_acc=final_acc, lr_factor=factor), z_rng, cfg.keep_checkpoints)
+                best_update=best_update, final_acc=final_acc, lr_factor=factor, skipped_steps=skipped_steps),
+                z_rng, cfg.keep_checkpoints)
     bar.close()
     summary = {
         "recipe": cfg.recipe, "scheme": cfg.scheme, "k": cfg.k, "loss": cfg.loss, "seed": cfg.seed,
@@ -194,11 +239,12 @@ def distill(cfg: Config) -> Dict:
         "student_updates": updates, "generator_updates": cycles if cfg.scheme != "one_stage" else updates,
         "train_seconds": round(train_s, 2), "eval_seconds": round(eval_s, 2),
         "wall_seconds": round(time.perf_counter() - start, 2), "processes": accelerator.num_processes,
-        "device": str(accelerator.device), "run_dir": str(run_dir),
+        "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+        "skipped_steps": skipped_steps, "run_dir": str(run_dir),
     }
     if main:
-        save_student(accelerator.unwrap_model(student), run_dir / "student.safetensors")
-        save_student(accelerator.unwrap_model(generator), run_dir / "generator.safetensors")
+        save_student(unwrap(student), run_dir / "student.safetensors")
+        save_student(unwrap(generator), run_dir / "generator.safetensors")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         metrics_file.close()
         if cfg.export:  # as `dfkd export RUN_DIR`: every format, parity-checked, into run_dir/export

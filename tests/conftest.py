@@ -19,6 +19,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one process-wide state (mixed precision, device); a test that picks its own starts afresh."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 @pytest.fixture(scope="session")
 def mnist_teacher() -> Path:
     """The cached MNIST teacher, trained here first (as the default run does, ~15 s) when it is missing.

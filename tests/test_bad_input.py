@@ -37,8 +37,9 @@ def make_files(tmp: Path) -> dict:
     if TEACHER.is_file():
         data = TEACHER.read_bytes()
         (tmp / "truncated.safetensors").write_bytes(data[: len(data) // 2])
-    other = create_model("lenet5_half", 10)
-    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp / "lenet5_half.safetensors"))
+    for name in ("lenet5_half", "wrn_16_1"):  # weights of another architecture; a CIFAR net with BatchNorm
+        other = create_model(name, 10)
+        save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp / f"{name}.safetensors"))
     torch.save({"conv1.weight": torch.zeros(1), "payload": WritesAFile(str(tmp / "pwned"))}, tmp / "pickled.pt")
     (tmp / "a_file").write_text("not a directory\n")
     return {"TMP": str(tmp)}
@@ -59,6 +60,10 @@ CASES = {
     "class-count mismatch": (["data.num_classes=100"], "has 10 classes, lenet5 was built with 100"),
     "input size mismatch": (["data.image_size=28"], "teacher lenet5 cannot take generated images of shape (1, 28, 28)"),
     "channel mismatch": (["data.channels=3"], "teacher lenet5 cannot take generated images of shape (3, 32, 32)"),
+    "student input mismatch": (["student.name=resnet18_cifar"], "student resnet18_cifar cannot take generated images"),
+    "per-sample loss with a BatchNorm student": (["teacher.name=wrn_16_1", "teacher.checkpoint={TMP}/wrn_16_1.safetensors",
+                                                   "student.name=wrn_16_1", "data.channels=3", "loss=l1_log_sample"],
+                                                  "wrn_16_1 has train-mode BatchNorm"),
     "missing checkpoint": (["teacher.checkpoint={TMP}/nope.safetensors", "teacher.train_if_missing=false"],
                            "checkpoint '{TMP}/nope.safetensors' not found"),
     "corrupt checkpoint": (["teacher.checkpoint={TMP}/corrupt.safetensors"], "cannot be read"),

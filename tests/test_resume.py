@@ -79,7 +79,7 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
 
 def metrics_without_clock(run_dir: Path) -> list:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "train_s"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("train_s", "wall_s", "samples_per_s")} for r in records]
 
 
 _RUNS: dict = {}

@@ -1,0 +1,103 @@
+"""A small hyper-parameter sweep: one distillation per variant, side by side, every variant reported.
+
+    python benchmarks/sweep.py --name default_lr --jobs 2 --base "student_updates=1500 eval_every=250" \
+        --variant "dfad:" --variant "lr0.05:student.lr=0.05" --variant "adam:student.optimizer=adam student.lr=1e-3"
+
+Each variant is ``LABEL:key=value ...`` (recipe overrides on top of ``--base``, as for
+``dfkd distill``). Runs go to ``runs/sweep-NAME/LABEL`` as separate processes, ``--jobs`` at a
+time, each with ``--threads`` torch threads. Writes ``benchmarks/results/sweep_NAME.md`` (+ .json)
+with every variant's final and best test accuracy, its accuracy at each evaluation and its
+training seconds; parallel runs share the machine, so compare accuracies per update, and time
+only between runs that ran side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from dfkd.compare import machine_description  # noqa: E402
+
+
+def run_variant(label: str, base: List[str], overrides: List[str], out: Path, threads: int) -> Dict:
+    """One distillation in its own process; returns its summary and its evaluations."""
+    run_dir = out / label
+    args = [sys.executable, str(REPO / "dfkd" / "distill.py"), *base, *overrides, f"out_dir={out}", f"run_name={label}",
+            "logger=none", "resume=none"]
+    log = out / f"{label}.log"
+    with open(log, "w") as f:
+        proc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if proc.returncode:
+        how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        return {"label": label, "overrides": overrides, "error": f"{how}; log {log}"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    with open(run_dir / "metrics.jsonl") as lines:
+        evaluations = [(r["update"], r["test_acc"]) for r in map(json.loads, lines) if "test_acc" in r]
+    return {"label": label, "overrides": overrides, "summary": summary, "evaluations": evaluations}
+
+
+def markdown(name: str, runs: List[Dict], machine: Dict[str, str], command: str, base: List[str]) -> str:
+    done = [r for r in runs if "summary" in r]
+    points = sorted({u for r in done for u, _ in r["evaluations"]})
+    head = ["variant", "overrides", "final %", "best %", "train s"] + [f"@{u}" for u in points]
+    lines = [f"# Sweep: {name}\n", f"`{command}`\n",
+             f"Common overrides: `{' '.join(base) or '(none)'}`. Machine: {machine['cpu']}, {machine['cores']} cores, "
+             f"torch {machine['torch']}, load average {machine['load']} at the start, {machine['date']}. "
+             "Runs shared the machine: train s compares only runs that ran side by side.\n",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in runs:
+        if "error" in r:
+            lines.append(f"| {r['label']} | `{' '.join(r['overrides'])}` | failed: {r['error']} |")
+            continue
+        s, acc = r["summary"], dict(r["evaluations"])
+        cells = [r["label"], f"`{' '.join(r['overrides']) or '-'}`", f"{s['student_final_acc']:.2f}",
+                 f"{s['student_best_acc']:.2f}", f"{s['train_seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells + [f"{acc[u]:.1f}" if u in acc else "" for u in points]) + " |")
+    if done:
+        lines.append(f"\nTeacher: {done[0]['summary']['teacher']} {done[0]['summary']['teacher_acc']:.2f} %. "
+                     "@N: student test accuracy (%) after N student updates.\n")
+    return "\n".join(lines)
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="sweep name: runs/sweep-NAME, results/sweep_NAME.md")
+    parser.add_argument("--base", default="", help="overrides shared by every variant")
+    parser.add_argument("--variant", action="append", required=True, help="LABEL:key=value ... (repeatable)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="results directory")
+    args = parser.parse_args(argv)
+    base = shlex.split(args.base)
+    variants = []
+    for spec in args.variant:
+        label, sep, rest = spec.partition(":")
+        if not sep or not label:
+            parser.error(f"variant {spec!r} is not LABEL:key=value ...")
+        variants.append((label, shlex.split(rest)))
+    out = REPO / "runs" / f"sweep-{args.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    machine = machine_description()
+    command = "python benchmarks/sweep.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+    with ThreadPoolExecutor(args.jobs) as pool:
+        runs = list(pool.map(lambda v: run_variant(v[0], base, v[1], out, args.threads), variants))
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"sweep_{args.name}.json").write_text(json.dumps(
+        {"machine": machine, "command": command, "runs": runs}, indent=1) + "\n")
+    text = markdown(args.name, runs, machine, command, base)
+    (results / f"sweep_{args.name}.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
