@@ -12,7 +12,6 @@ result is the median. Writes ``<out>/overhead.md`` and ``<out>/overhead.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -23,14 +22,14 @@ from accelerate import Accelerator
 
 from dfkd.compare import machine_description
 from dfkd.onestage import one_stage_step
-from step_cost import PAIRS, build_parts, interleaved_medians  # benchmarks/ is this script's folder
+from step_cost import PAIRS, build_parts, interleaved_medians, write_results  # benchmarks/ is this script's folder
 
 TARGET = 0.05  # issue 6: dfkd's step at most 5 % slower than the bare loop
 
 
-def bare_loop(pair: Dict, batch: int, seed: int = 0) -> Callable[[], None]:
+def bare_loop(pair: Dict, batch: int, seed: int = 0, parts=None) -> Callable[[], None]:
     """The one-stage DFAD step by hand: same models, optimizers and hyper-parameters as build_parts."""
-    parts = build_parts(pair, batch, Accelerator(cpu=True), seed)  # same weights and z stream as dfkd's
+    parts = parts or build_parts(pair, batch, Accelerator(cpu=True), seed)  # same weights and z as dfkd's
     student, teacher, generator = parts.student, parts.teacher, parts.generator
     opt_s, opt_g = parts.opt_s.optimizer, parts.opt_g.optimizer  # the plain torch optimizers inside
 
@@ -50,6 +49,16 @@ def bare_loop(pair: Dict, batch: int, seed: int = 0) -> Callable[[], None]:
     return step
 
 
+def same_update(pair: Dict, batch: int) -> float:
+    """Largest difference between student and generator weights after one step of each: both loops do the same."""
+    ours, bare = build_parts(pair, batch, Accelerator(cpu=True)), build_parts(pair, batch, Accelerator(cpu=True))
+    one_stage_step(ours, ours.sample_z())
+    bare_loop(pair, batch, parts=bare)()
+    pairs = zip([*ours.student.parameters(), *ours.generator.parameters()],
+                [*bare.student.parameters(), *bare.generator.parameters()])
+    return max((a - b).abs().max().item() for a, b in pairs)
+
+
 def block(step: Callable[[], object], updates: int) -> Callable[[], int]:
     def run() -> int:
         for _ in range(updates):
@@ -65,10 +74,12 @@ def benchmark_pair(name: str, batch: int, updates: int, repeats: int) -> Dict:
     parts = build_parts(pair, batch, Accelerator(cpu=True))
     blocks = {"dfkd one_stage_step": block(lambda: one_stage_step(parts, parts.sample_z()), updates),
               "bare PyTorch loop": block(bare_loop(pair, batch), updates)}
+    max_diff = same_update(pair, batch)
     times = interleaved_medians(blocks, repeats, device)
     dfkd_s, bare_s = times["dfkd one_stage_step"]["median"], times["bare PyTorch loop"]["median"]
     return {"title": pair["title"], "batch": batch, "updates_per_block": updates, "repeats": repeats,
-            "seconds_per_update": times, "overhead": dfkd_s / bare_s - 1}
+            "seconds_per_update": times, "overhead": dfkd_s / bare_s - 1,
+            "max_weight_difference_after_one_step": max_diff}
 
 
 def markdown(results: Dict, machine: Dict[str, str], command: str) -> str:
@@ -76,13 +87,13 @@ def markdown(results: Dict, machine: Dict[str, str], command: str) -> str:
              f"Machine: {machine['cpu']}, {machine['cores']} usable cores, torch {machine['torch']} with "
              f"{machine['torch_threads']} threads, 1-minute load average {machine['load']} at the start, "
              f"{machine['date']}. Target (issue 6): at most {100 * TARGET:.0f} % slower.\n",
-             "| models | batch | dfkd ms / update | bare loop ms / update | overhead | all rounds dfkd / bare (ms) |",
-             "|---|---|---|---|---|---|"]
+             "| models | batch | dfkd ms / update | bare loop ms / update | overhead | all rounds dfkd / bare (ms) "
+             "| weights after one step, max abs difference |", "|---|---|---|---|---|---|---|"]
     for r in results.values():
         d, b = r["seconds_per_update"]["dfkd one_stage_step"], r["seconds_per_update"]["bare PyTorch loop"]
         rounds = "; ".join(f"{1000 * x:.1f} / {1000 * y:.1f}" for x, y in zip(d["all"], b["all"]))
         lines.append(f"| {r['title']} | {r['batch']} | {1000 * d['median']:.2f} | {1000 * b['median']:.2f} | "
-                     f"{100 * r['overhead']:+.1f} % | {rounds} |")
+                     f"{100 * r['overhead']:+.1f} % | {rounds} | {r['max_weight_difference_after_one_step']:.1e} |")
     lines.append("\nMedian over interleaved rounds, after one discarded warm-up block each; each round times "
                  "a block of student updates of both steps, the starting one alternating.\n")
     return "\n".join(lines)
@@ -105,13 +116,8 @@ def main(argv: List[str] | None = None) -> int:
         p = PAIRS[name]
         print(f"[overhead] {name}: {p['title']}", flush=True)
         results[name] = benchmark_pair(name, p["batch"], args.updates or 4 * p["updates"], args.repeats or p["repeats"])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "overhead.json").write_text(json.dumps({"machine": machine, "command": command, "pairs": results},
-                                                  indent=1) + "\n")
-    text = markdown(results, machine, command)
-    (out / "overhead.md").write_text(text)
-    print(text)
+    write_results(Path(args.out), "overhead", {"machine": machine, "command": command, "pairs": results},
+                  markdown(results, machine, command))
     return 0
 
 

@@ -231,13 +231,16 @@ def main(argv: List[str] | None = None) -> int:
         p = PAIRS[name]
         results["pairs"][name] = benchmark_pair(name, args.batch or p["batch"], args.updates or p["updates"],
                                                 args.repeats or p["repeats"], accelerator)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "step_cost.json").write_text(json.dumps(results, indent=1) + "\n")
-    text = markdown(results, machine, command)
-    (out / "step_cost.md").write_text(text)
-    print(text)
+    write_results(Path(args.out), "step_cost", results, markdown(results, machine, command))
     return 0
+
+
+def write_results(out: Path, stem: str, data: Dict, text: str) -> None:
+    """A benchmark's results: ``<out>/<stem>.json`` (everything measured) and ``<out>/<stem>.md`` (the table)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -35,18 +35,22 @@ def run_variant(label: str, base: List[str], overrides: List[str], out: Path, th
     log = out / f"{label}.log"
     with open(log, "w") as f:
         proc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    if proc.returncode:
-        how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-        return {"label": label, "overrides": overrides, "error": f"{how}; log {log}"}
-    summary = json.loads((run_dir / "summary.json").read_text())
-    with open(run_dir / "metrics.jsonl") as lines:
+    return {"label": label, "overrides": overrides, **read_run(run_dir), **({"error": (
+        f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}")
+        + f"; log {log}"} if proc.returncode else {})}
+
+
+def read_run(run_dir: Path) -> Dict:
+    """A run's summary (absent if it did not finish) and its evaluations so far, as (update, accuracy)."""
+    metrics, summary = run_dir / "metrics.jsonl", run_dir / "summary.json"
+    with open(metrics) if metrics.exists() else open(os.devnull) as lines:
         evaluations = [(r["update"], r["test_acc"]) for r in map(json.loads, lines) if "test_acc" in r]
-    return {"label": label, "overrides": overrides, "summary": summary, "evaluations": evaluations}
+    return {"evaluations": evaluations, **({"summary": json.loads(summary.read_text())} if summary.exists() else {})}
 
 
 def markdown(name: str, runs: List[Dict], machine: Dict[str, str], command: str, base: List[str]) -> str:
-    done = [r for r in runs if "summary" in r]
-    points = sorted({u for r in done for u, _ in r["evaluations"]})
+    done = [r for r in runs if "summary" in r and "error" not in r]
+    points = sorted({u for r in runs for u, _ in r["evaluations"]})
     head = ["variant", "overrides", "final %", "best %", "train s"] + [f"@{u}" for u in points]
     lines = [f"# Sweep: {name}\n", f"`{command}`\n",
              f"Common overrides: `{' '.join(base) or '(none)'}`. Machine: {machine['cpu']}, {machine['cores']} cores, "
@@ -54,12 +58,13 @@ def markdown(name: str, runs: List[Dict], machine: Dict[str, str], command: str,
              "Runs shared the machine: train s compares only runs that ran side by side.\n",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
-        if "error" in r:
-            lines.append(f"| {r['label']} | `{' '.join(r['overrides'])}` | failed: {r['error']} |")
-            continue
-        s, acc = r["summary"], dict(r["evaluations"])
-        cells = [r["label"], f"`{' '.join(r['overrides']) or '-'}`", f"{s['student_final_acc']:.2f}",
-                 f"{s['student_best_acc']:.2f}", f"{s['train_seconds']:.0f}"]
+        acc = dict(r["evaluations"])
+        if "error" in r:  # what it reached before it stopped
+            cells = [r["label"], f"`{' '.join(r['overrides']) or '-'}`", f"did not finish: {r['error']}", "", ""]
+        else:
+            s = r["summary"]
+            cells = [r["label"], f"`{' '.join(r['overrides']) or '-'}`", f"{s['student_final_acc']:.2f}",
+                     f"{s['student_best_acc']:.2f}", f"{s['train_seconds']:.0f}"]
         lines.append("| " + " | ".join(cells + [f"{acc[u]:.1f}" if u in acc else "" for u in points]) + " |")
     if done:
         lines.append(f"\nTeacher: {done[0]['summary']['teacher']} {done[0]['summary']['teacher_acc']:.2f} %. "

@@ -46,7 +46,7 @@ sys.exit(main(sys.argv[2:]))
 '''
 # eval_batch_size 1500: 7 test batches over 2 ranks, so one rank gets a padded batch that
 # gather_for_metrics must drop for the accuracy to be the single-process one
-ARGS = ["student_updates=4", "batch_size=16", "generator.ngf=8", "logger=none", "eval_every=4",
+ARGS = ["scheme=one_stage", "student_updates=4", "batch_size=16", "generator.ngf=8", "logger=none", "eval_every=4",
         "checkpoint_every=0", "data.eval_batch_size=1500", "run_name=ddp"]
 
 

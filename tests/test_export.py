@@ -31,7 +31,7 @@ def run_dir(tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two shared cores: one thread is faster and steadier for these tiny nets
     out = tmp_path_factory.mktemp("runs")
-    assert distill(["student_updates=4", "eval_every=2", "batch_size=16", "generator.ngf=8", "logger=none",
+    assert distill(["scheme=one_stage", "student_updates=4", "eval_every=2", "batch_size=16", "generator.ngf=8", "logger=none",
                     f"out_dir={out}", "run_name=short", "export=true"]) == 0
     yield out / "short"
     torch.set_num_threads(threads)

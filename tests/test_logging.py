@@ -10,8 +10,9 @@ from dfkd.config import load_config
 from dfkd.trainer import distill
 
 pytestmark = pytest.mark.usefixtures("mnist_teacher", "one_thread", "fresh_accelerator_state")
-TINY = ["student_updates=6", "log_every=3", "eval_every=6", "batch_size=16", "generator.ngf=8", "generator.nz=32",
-        "checkpoint_every=0", "data.eval_batch_size=2000", "run_name=r"]
+TINY = ["scheme=one_stage", "student_updates=6", "log_every=3", "eval_every=6", "batch_size=16", "generator.ngf=8",
+        "generator.nz=32", "student.lr=0.01", "generator.lr=1e-3", "lr_schedule=constant", "checkpoint_every=0",
+        "data.eval_batch_size=2000", "run_name=r"]
 
 
 def records(run_dir) -> list:
@@ -23,7 +24,7 @@ def check_step_records(run_dir, summary: dict, precision: str) -> None:
     assert [r["update"] for r in steps] == [3, 6], "one record per logging step, not per update"
     for r in steps:
         assert r["grad_norm_s"] > 0 and r["grad_norm_g"] > 0 and math.isfinite(r["grad_norm_g"])
-        assert r["lr_s"] == 0.01 and r["lr_g"] == 1e-3  # the default recipe's constant schedule
+        assert r["lr_s"] == 0.01 and r["lr_g"] == 1e-3  # as set in TINY, constant schedule
         assert 0 < r["train_s"] <= r["wall_s"] and r["samples_per_s"] > 0
         assert r["skipped"] == 0.0 and r["skipped_steps"] == 0
     assert summary["mixed_precision"] == precision and summary["skipped_steps"] == 0
