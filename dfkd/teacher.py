@@ -146,7 +146,8 @@ def build_teacher(cfg, num_classes: int) -> nn.Module:
         print(f"[dfkd] no trained teacher at {t.checkpoint}: training {t.name} on {cfg.data.dataset} first "
               f"(same as: python teachers/train.py model={t.name} dataset={cfg.data.dataset} "
               f"epochs={t.train_epochs} out={t.checkpoint})", flush=True)
-        train_teacher(t.name, cfg.data, epochs=t.train_epochs, out=t.checkpoint, seed=cfg.seed)
+        with torch.random.fork_rng():  # the distillation that follows starts from the same RNG state either way
+            train_teacher(t.name, cfg.data, epochs=t.train_epochs, out=t.checkpoint, seed=cfg.seed)
     model = create_model(t.name, num_classes, pretrained=t.pretrained)
     if t.checkpoint:
         load_weights(model, t.checkpoint)
