@@ -35,17 +35,21 @@ def run_variant(label: str, base: List[str], overrides: List[str], out: Path, th
     log = out / f"{label}.log"
     with open(log, "w") as f:
         proc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    return {"label": label, "overrides": overrides, **read_run(run_dir), **({"error": (
-        f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}")
-        + f"; log {log}"} if proc.returncode else {})}
+    run = {"label": label, "overrides": overrides, **read_run(run_dir)}
+    if proc.returncode:  # what it reached before it stopped is still reported
+        how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        run["error"] = f"{how}; log {log}"
+    return run
 
 
 def read_run(run_dir: Path) -> Dict:
     """A run's summary (absent if it did not finish) and its evaluations so far, as (update, accuracy)."""
     metrics, summary = run_dir / "metrics.jsonl", run_dir / "summary.json"
-    with open(metrics) if metrics.exists() else open(os.devnull) as lines:
-        evaluations = [(r["update"], r["test_acc"]) for r in map(json.loads, lines) if "test_acc" in r]
-    return {"evaluations": evaluations, **({"summary": json.loads(summary.read_text())} if summary.exists() else {})}
+    records = map(json.loads, metrics.read_text().splitlines()) if metrics.exists() else []
+    run = {"evaluations": [(r["update"], r["test_acc"]) for r in records if "test_acc" in r]}
+    if summary.exists():
+        run["summary"] = json.loads(summary.read_text())
+    return run
 
 
 def markdown(name: str, runs: List[Dict], machine: Dict[str, str], command: str, base: List[str]) -> str:

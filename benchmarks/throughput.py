@@ -27,6 +27,7 @@ from typing import Dict, List
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from dfkd.compare import machine_description  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 # name -> (processes, threads per process, overrides, share of --updates it runs: bf16 is slow on
 # CPUs without bf16 instructions)
@@ -71,7 +72,7 @@ def run_case(name: str, updates: int, warmup: int, out: Path) -> Dict:
              if "loss_s" in r}
     first, last = steps[warmup], steps[max(steps)]
     seconds = last["train_s"] - first["train_s"]
-    batch = 128  # recipes/default.yaml: the global batch
+    batch = OmegaConf.load(run_dir / "config.yaml").batch_size  # the run's global batch, as it resolved it
     return {"case": name, "processes": processes, "threads_per_process": threads, "overrides": overrides,
             "updates_timed": last["update"] - first["update"], "seconds": round(seconds, 2),
             "samples_per_s": round((last["update"] - first["update"]) * batch / seconds, 1),
