@@ -8,7 +8,8 @@ Each variant is ``LABEL:key=value ...`` (recipe overrides on top of ``--base``, 
 time, each with ``--threads`` torch threads. Writes ``benchmarks/results/sweep_NAME.md`` (+ .json)
 with every variant's final and best test accuracy, its accuracy at each evaluation and its
 training seconds; parallel runs share the machine, so compare accuracies per update, and time
-only between runs that ran side by side.
+only between runs that ran side by side. ``--report`` rebuilds the results from the runs already in
+``runs/sweep-NAME`` without training (e.g. after a run was stopped, or runs started by hand were moved there).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
+MAX_COLUMNS = 10  # evaluation columns in the markdown table
 sys.path.insert(0, str(REPO))
 from dfkd.compare import machine_description  # noqa: E402
 
@@ -55,6 +57,8 @@ def read_run(run_dir: Path) -> Dict:
 def markdown(name: str, runs: List[Dict], machine: Dict[str, str], command: str, base: List[str]) -> str:
     done = [r for r in runs if "summary" in r and "error" not in r]
     points = sorted({u for r in runs for u, _ in r["evaluations"]})
+    step = -(-len(points) // MAX_COLUMNS)  # long runs: every step-th evaluation (and the last) in the table
+    points = sorted(set(points[::step]) | set(points[-1:]))
     head = ["variant", "overrides", "final %", "best %", "train s"] + [f"@{u}" for u in points]
     lines = [f"# Sweep: {name}\n", f"`{command}`\n",
              f"Common overrides: `{' '.join(base) or '(none)'}`. Machine: {machine['cpu']}, {machine['cores']} cores, "
@@ -72,7 +76,9 @@ def markdown(name: str, runs: List[Dict], machine: Dict[str, str], command: str,
         lines.append("| " + " | ".join(cells + [f"{acc[u]:.1f}" if u in acc else "" for u in points]) + " |")
     if done:
         lines.append(f"\nTeacher: {done[0]['summary']['teacher']} {done[0]['summary']['teacher_acc']:.2f} %. "
-                     "@N: student test accuracy (%) after N student updates.\n")
+                     "@N: student test accuracy (%) after N student updates"
+                     + (f" (one evaluation in {step}, and the last; all of them in the .json)" if step > 1 else "")
+                     + ".\n")
     return "\n".join(lines)
 
 
@@ -83,6 +89,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", required=True, help="LABEL:key=value ... (repeatable)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--report", action="store_true", help="no training: rebuild the results from runs/sweep-NAME")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="results directory")
     args = parser.parse_args(argv)
     base = shlex.split(args.base)
@@ -95,9 +102,17 @@ def main(argv: List[str] | None = None) -> int:
     out = REPO / "runs" / f"sweep-{args.name}"
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_description()
-    command = "python benchmarks/sweep.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
-    with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda v: run_variant(v[0], base, v[1], out, args.threads), variants))
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report"]
+    command = "python benchmarks/sweep.py " + " ".join(map(shlex.quote, argv))
+    if args.report:  # the runs' own files; one without a summary did not finish
+        runs = [{"label": label, "overrides": overrides, **read_run(out / label)} for label, overrides in variants]
+        for run in runs:
+            if "summary" not in run:
+                run["error"] = f"no summary.json in {(out / run['label']).relative_to(REPO)}"
+        machine = {**machine, "load": "n/a (rebuilt with --report)"}
+    else:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            runs = list(pool.map(lambda v: run_variant(v[0], base, v[1], out, args.threads), variants))
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     (results / f"sweep_{args.name}.json").write_text(json.dumps(

@@ -88,6 +88,11 @@ def one_hot_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(teacher_logits, teacher_logits.argmax(1))
 
 
+def class_perplexity(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Effective number of classes in a batch: exp of the entropy of the batch-mean teacher prediction."""
+    return torch.exp(-entropy_loss(teacher_logits))
+
+
 def entropy_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
     """DAFL's information-entropy loss: minus the entropy of the batch-mean teacher prediction."""
     p = F.softmax(full(teacher_logits), dim=1).mean(0)
@@ -153,4 +158,7 @@ class Priors:
                 value = term()
                 parts[f"prior_{name}"] = value.detach()
                 loss = loss + w * value
+        # how many classes the generator covers, as the teacher sees it: the perplexity of the batch-mean
+        # prediction, C when balanced, 1 when collapsed to one class (logged, never optimised)
+        parts["gen_classes"] = class_perplexity(t.detach())
         return t, loss, parts

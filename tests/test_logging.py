@@ -5,8 +5,10 @@ import json
 import math
 
 import pytest
+import torch
 
 from dfkd.config import load_config
+from dfkd.losses import class_perplexity
 from dfkd.trainer import distill
 
 pytestmark = pytest.mark.usefixtures("mnist_teacher", "one_thread", "fresh_accelerator_state")
@@ -27,6 +29,7 @@ def check_step_records(run_dir, summary: dict, precision: str) -> None:
         assert r["lr_s"] == 0.01 and r["lr_g"] == 1e-3  # as set in TINY, constant schedule
         assert 0 < r["train_s"] <= r["wall_s"] and r["samples_per_s"] > 0
         assert r["skipped"] == 0.0 and r["skipped_steps"] == 0
+        assert 1.0 <= r["gen_classes"] <= 10.0  # effective number of generated classes (MNIST: 10)
     assert summary["mixed_precision"] == precision and summary["skipped_steps"] == 0
 
 
@@ -47,3 +50,14 @@ def test_wandb_without_an_api_key_logs_offline_into_the_run_directory(tmp_path, 
     assert len(runs) == 1, "one offline run, written where the run directory is"
     assert list(runs[0].glob("*.wandb")), "the offline run holds its logged history"
     check_step_records(tmp_path / "r", summary, "no")  # the same metrics in the JSONL
+
+
+def test_gen_classes_is_the_number_of_classes_the_teacher_sees_in_a_batch():
+    balanced = torch.eye(10).repeat(4, 1) * 30  # 40 confident predictions, 4 of each class
+    assert class_perplexity(balanced).item() == pytest.approx(10.0, rel=1e-3)
+    collapsed = torch.zeros(40, 10)
+    collapsed[:, 3] = 30  # every sample labelled 3
+    assert class_perplexity(collapsed).item() == pytest.approx(1.0, rel=1e-3)
+    half = balanced.clone()
+    half[:20] = collapsed[:20]  # half the batch collapsed onto one class
+    assert 1.0 < class_perplexity(half).item() < 10.0
