@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 MAX_COLUMNS = 10  # evaluation columns in the markdown table
 sys.path.insert(0, str(REPO))
 from dfkd.compare import machine_description  # noqa: E402
+from step_cost import write_results  # noqa: E402  (benchmarks/ is this script's folder)
 
 
 def run_variant(label: str, base: List[str], overrides: List[str], out: Path, threads: int) -> Dict:
@@ -100,6 +101,8 @@ def main(argv: List[str] | None = None) -> int:
             parser.error(f"variant {spec!r} is not LABEL:key=value ...")
         variants.append((label, shlex.split(rest)))
     out = REPO / "runs" / f"sweep-{args.name}"
+    if args.report and not out.is_dir():
+        parser.error(f"--report: no runs to report, {out.relative_to(REPO)} does not exist; run the sweep without --report")
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_description()
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report"]
@@ -113,13 +116,8 @@ def main(argv: List[str] | None = None) -> int:
     else:
         with ThreadPoolExecutor(args.jobs) as pool:
             runs = list(pool.map(lambda v: run_variant(v[0], base, v[1], out, args.threads), variants))
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"sweep_{args.name}.json").write_text(json.dumps(
-        {"machine": machine, "command": command, "runs": runs}, indent=1) + "\n")
-    text = markdown(args.name, runs, machine, command, base)
-    (results / f"sweep_{args.name}.md").write_text(text)
-    print(text)
+    write_results(Path(args.results), f"sweep_{args.name}", {"machine": machine, "command": command, "runs": runs},
+                  markdown(args.name, runs, machine, command, base))
     return 0
 
 
