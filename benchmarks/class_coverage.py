@@ -24,7 +24,8 @@ from dfkd.evaluate import test_loader
 from dfkd.export import read_run
 from dfkd.losses import class_perplexity
 from dfkd.models.generator import Generator
-from dfkd.teacher import build_teacher, create_model
+from dfkd.teacher import build_teacher
+from dfkd.weights import create_model
 
 
 @torch.no_grad()
@@ -33,17 +34,17 @@ def coverage(run_dir: Path, samples: int, seed: int) -> Dict:
     if not (run_dir / "generator.safetensors").is_file():
         raise SystemExit(f"{run_dir} has no generator.safetensors: the run did not finish")
     n = cfg.data.num_classes
-    teacher = build_teacher(cfg, n)
+    teacher = build_teacher(cfg)
     generator = Generator(cfg.generator.nz, cfg.generator.ngf, cfg.data.image_size, cfg.data.channels)
     generator.load_state_dict(load_file(run_dir / "generator.safetensors"))
     generator.train()  # as in training: its BatchNorm layers normalise with the batch's statistics
     z = torch.randn(samples, cfg.generator.nz, generator=torch.Generator().manual_seed(seed))
     logits = teacher(generator(z))
     share = torch.bincount(logits.argmax(1), minlength=n).float() / samples
-    loader = test_loader(cfg.data, teacher.pretrained_cfg["mean"], teacher.pretrained_cfg["std"])
+    loader = test_loader(cfg.data)
     per_class = {}
     for which, file in (("final", "student.safetensors"), ("best", "student_best.safetensors")):
-        student = create_model(cfg.student.name, n)
+        student = create_model(cfg.student.name, n, in_chans=cfg.data.channels)
         student.load_state_dict(load_file(run_dir / file))
         student.eval()
         correct, total = torch.zeros(n), torch.zeros(n)
@@ -86,7 +87,8 @@ def main(argv: List[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = [coverage(run, args.samples, args.seed) for run in args.runs]
-    command = "python benchmarks/class_coverage.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+    given = sys.argv[1:] if argv is None else argv
+    command = "python benchmarks/class_coverage.py " + " ".join(map(shlex.quote, given))
     text = markdown(rows, command, machine_description(), args.samples)
     if args.out:
         args.out.write_text(text)

@@ -3,8 +3,9 @@
     python benchmarks/step_cost.py --threads 2                 # both model pairs, writes benchmarks/results/
     python benchmarks/step_cost.py --pairs lenet --repeats 3   # a quick look
 
-Times dfkd's own step functions (dfkd/schemes.py SCHEMES) on models, optimizers and an
-Accelerator built the way dfkd/trainer.py builds them. Per model pair, every scheme gets its
+Times dfkd's own step functions (dfkd/schemes.py SCHEMES) on models, optimizers, teacher and
+Accelerator built by dfkd/build.py's functions, as a run builds them (the teacher keeps its random
+initialisation: timing does not depend on weights). Per model pair, every scheme gets its
 own copy of the same initial weights; one discarded warm-up block each, then ``repeats``
 rounds in which every scheme times one block of ``updates`` student updates, the starting
 scheme rotating from round to round so that machine noise and drift hit all alike. The
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -31,12 +33,13 @@ import torch
 from accelerate import Accelerator
 from torch.utils.flop_counter import FlopCounterMode
 
+from dfkd.build import make_accelerator, make_optimizers, prepare_teacher
 from dfkd.compare import machine_description, parse_scheme
-from dfkd.config import Config, PriorsConfig
+from dfkd.config import Config
 from dfkd.losses import ADVERSARIAL, Priors
 from dfkd.models import Generator
 from dfkd.schemes import SCHEMES, Parts
-from dfkd.teacher import create_model
+from dfkd.weights import create_model
 
 SCHEME_NAMES = ("two_stage_k5", "two_stage_k1", "one_stage", "hybrid_k5")
 PAIRS = {  # the models of the default recipe, and the CIFAR pair of DFAD at a CPU-sized batch
@@ -49,25 +52,32 @@ PAIRS = {  # the models of the default recipe, and the CIFAR pair of DFAD at a C
 }
 RATIOS = {"one_stage vs two_stage_k1": ("two_stage_k1", "one_stage"),
           "hybrid_k5 vs two_stage_k5": ("two_stage_k5", "hybrid_k5")}
-EXPECTED = {"one_stage vs two_stage_k1": "1.6-1.7", "hybrid_k5 vs two_stage_k5": "1.15-1.2"}  # issue 6
+EXPECTED = {"one_stage vs two_stage_k1": "1.6-1.7", "hybrid_k5 vs two_stage_k5": "1.15-1.2"}  # target speed-ups
+
+
+def default_accelerator(cpu: bool = False) -> Accelerator:
+    """dfkd's Accelerator for its default config; ``cpu`` keeps it on the CPU where CUDA is available
+    (Accelerate's own switch, as ``accelerate launch --cpu`` sets it)."""
+    if cpu:
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    return make_accelerator(Config())
 
 
 def build_parts(pair: Dict, batch: int, accelerator: Accelerator, seed: int = 0) -> Parts:
     """Teacher (frozen, random init: timing does not depend on weights), student, generator and their
-    optimizers with dfkd's default hyper-parameters, prepared like the trainer prepares them."""
+    optimizers with dfkd's default hyper-parameters, made and prepared by dfkd.build's functions."""
     cfg = Config()
     torch.manual_seed(seed)
-    teacher = create_model(pair["teacher"], 10).eval().requires_grad_(False).to(accelerator.device)
-    student = create_model(pair["student"], 10)
+    teacher = create_model(pair["teacher"], 10, in_chans=pair["channels"]).eval().requires_grad_(False)
+    student = create_model(pair["student"], 10, in_chans=pair["channels"])
     generator = Generator(cfg.generator.nz, pair["ngf"], 32, pair["channels"])
-    opt_s = torch.optim.SGD(student.parameters(), lr=cfg.student.lr, momentum=cfg.student.momentum,
-                            weight_decay=cfg.student.weight_decay)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.generator.lr, betas=(cfg.generator.beta1,
-                                                                                 cfg.generator.beta2))
+    opt_s, opt_g = make_optimizers(cfg, student, generator)
     student, generator, opt_s, opt_g = accelerator.prepare(student, generator, opt_s, opt_g)
+    priors = Priors(cfg.priors, teacher)  # before prepare_teacher, as dfkd.build.build orders them
+    teacher = prepare_teacher(accelerator, teacher)
     z_rng = torch.Generator(accelerator.device).manual_seed(seed)
-    return Parts(student, teacher, generator, opt_s, opt_g, ADVERSARIAL[cfg.loss], Priors(PriorsConfig(), teacher),
-                 accelerator, lambda: torch.randn(batch, cfg.generator.nz, generator=z_rng, device=accelerator.device),
+    return Parts(student, teacher, generator, opt_s, opt_g, ADVERSARIAL[cfg.loss], priors, accelerator,
+                 lambda: torch.randn(batch, cfg.generator.nz, generator=z_rng, device=accelerator.device),
                  cfg.max_scale)
 
 
@@ -112,9 +122,9 @@ def scheme_block(parts: Parts, scheme: str, updates: int) -> Callable[[], int]:
     return run
 
 
-def forward_flops(pair: Dict, device: torch.device) -> Dict[str, float]:
+def forward_flops(pair: Dict, accelerator: Accelerator) -> Dict[str, float]:
     """Forward FLOPs per sample of generator, teacher and student (torch's FLOP counter, batch of 2)."""
-    parts = build_parts(pair, 2, Accelerator(cpu=device.type == "cpu"))
+    parts = build_parts(pair, 2, accelerator)
     z = parts.sample_z()
     flops = {}
     with torch.no_grad():
@@ -149,14 +159,14 @@ def benchmark_pair(name: str, batch: int, updates: int, repeats: int, accelerato
     print(f"[step_cost] {name}: {pair['title']}, batch {batch}, {updates} updates x {repeats} rounds", flush=True)
     blocks = {s: scheme_block(build_parts(pair, batch, accelerator), s, updates) for s in SCHEME_NAMES}
     times = interleaved_medians(blocks, repeats, accelerator.device)
-    flops = forward_flops(pair, accelerator.device)
+    flops = forward_flops(pair, accelerator)
     g, t, s = flops["generator"], flops["teacher"], flops["student"]
     ratios = {}
     for label, (slow, fast) in RATIOS.items():
         ratios[label] = {"measured": times[slow]["median"] / times[fast]["median"],
                          "model_equal_passes": modelled_cost(slow, 1, 1, 1) / modelled_cost(fast, 1, 1, 1),
                          "model_flops": modelled_cost(slow, g, t, s) / modelled_cost(fast, g, t, s),
-                         "expected_in_issue": EXPECTED[label]}
+                         "expected": EXPECTED[label]}
     return {"title": pair["title"], "batch": batch, "updates_per_block": updates, "repeats": repeats,
             "forward_flops_per_sample": flops, "seconds_per_update": times, "ratios": ratios,
             "model_cost_flops": {sc: modelled_cost(sc, g, t, s) * batch for sc in SCHEME_NAMES}}
@@ -167,7 +177,7 @@ def markdown(results: Dict, machine: Dict[str, str], command: str) -> str:
              f"Machine: {machine['cpu']}, {machine['cores']} usable cores, torch {machine['torch']} with "
              f"{machine['torch_threads']} threads, GPU: {machine['gpu']}, device {results['device']}, "
              f"1-minute load average {machine['load']} at the start, {machine['date']}.\n"]
-    for name, r in results["pairs"].items():
+    for r in results["pairs"].values():
         lines.append(f"## {r['title']}\n")
         if "skipped" in r:
             lines.append(r["skipped"] + "\n")
@@ -179,12 +189,13 @@ def markdown(results: Dict, machine: Dict[str, str], command: str) -> str:
                   "| scheme | ms / student update | all rounds (ms) | model GFLOP / update |", "|---|---|---|---|"]
         for scheme, t in r["seconds_per_update"].items():
             rounds = ", ".join(f"{1000 * v:.1f}" for v in t["all"])
-            lines.append(f"| {scheme} | {1000 * t['median']:.1f} | {rounds} | {r['model_cost_flops'][scheme] / 1e9:.2f} |")
-        lines += ["", "| speed-up | measured | model, equal passes | model, FLOP-weighted | issue 6 expects |",
+            lines.append(f"| {scheme} | {1000 * t['median']:.1f} | {rounds} | "
+                         f"{r['model_cost_flops'][scheme] / 1e9:.2f} |")
+        lines += ["", "| speed-up | measured | model, equal passes | model, FLOP-weighted | expected |",
                   "|---|---|---|---|---|"]
         for label, q in r["ratios"].items():
             lines.append(f"| {label} | {q['measured']:.2f}x | {q['model_equal_passes']:.2f}x | "
-                         f"{q['model_flops']:.2f}x | {q['expected_in_issue']}x |")
+                         f"{q['model_flops']:.2f}x | {q['expected']}x |")
         lines.append("\nForward FLOPs per sample: " + ", ".join(
             f"{k} {v / 1e6:.2f} MFLOP ({100 * v / total:.0f}%)" for k, v in f.items()) + ".\n")
     lines.append(PASS_MODEL)
@@ -223,7 +234,7 @@ def main(argv: List[str] | None = None) -> int:
         parser.error(f"unknown pair {unknown[0]!r}; choose from {', '.join(PAIRS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    accelerator = Accelerator(cpu=args.cpu)
+    accelerator = default_accelerator(cpu=args.cpu)
     machine = machine_description()
     command = "python benchmarks/step_cost.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     results = {"device": str(accelerator.device), "machine": machine, "command": command, "pairs": {}}

@@ -26,8 +26,9 @@ from typing import Dict, List
 REPO = Path(__file__).resolve().parents[1]
 MAX_COLUMNS = 10  # evaluation columns in the markdown table
 sys.path.insert(0, str(REPO))
-from dfkd.compare import machine_description  # noqa: E402
 from step_cost import write_results  # noqa: E402  (benchmarks/ is this script's folder)
+
+from dfkd.compare import machine_description  # noqa: E402
 
 
 def run_variant(label: str, base: List[str], overrides: List[str], out: Path, threads: int) -> Dict:
@@ -37,11 +38,12 @@ def run_variant(label: str, base: List[str], overrides: List[str], out: Path, th
             "logger=none", "resume=none"]
     log = out / f"{label}.log"
     with open(log, "w") as f:
-        proc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        proc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT,
+                              env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     run = {"label": label, "overrides": overrides, **read_run(run_dir)}
     if proc.returncode:  # what it reached before it stopped is still reported
         how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-        run["error"] = f"{how}; log {log}"
+        run["error"] = f"{how}; log {log.relative_to(REPO)}"
     return run
 
 
@@ -52,6 +54,8 @@ def read_run(run_dir: Path) -> Dict:
     run = {"evaluations": [(r["update"], r["test_acc"]) for r in records if "test_acc" in r]}
     if summary.exists():
         run["summary"] = json.loads(summary.read_text())
+        if "run_dir" in run["summary"]:  # repository-relative: the results files are read on other machines
+            run["summary"]["run_dir"] = str(run_dir.relative_to(REPO))
     return run
 
 
@@ -102,7 +106,8 @@ def main(argv: List[str] | None = None) -> int:
         variants.append((label, shlex.split(rest)))
     out = REPO / "runs" / f"sweep-{args.name}"
     if args.report and not out.is_dir():
-        parser.error(f"--report: no runs to report, {out.relative_to(REPO)} does not exist; run the sweep without --report")
+        parser.error(f"--report: no runs to report, {out.relative_to(REPO)} does not exist; "
+                     "run the sweep without --report")
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_description()
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report"]

@@ -60,8 +60,8 @@ def run_case(name: str, updates: int, warmup: int, out: Path) -> Dict:
     processes, threads, overrides, share = CASES[name]
     updates = max(int(updates * share), warmup + 10)
     run_name = name.replace(" ", "_").replace(",", "")
-    run_args = ["scheme=one_stage", f"student_updates={updates}", f"log_every={warmup}", f"eval_every={updates}", "checkpoint_every=0",
-                "logger=none", f"out_dir={out}", f"run_name={run_name}", *overrides]
+    run_args = ["scheme=one_stage", f"student_updates={updates}", f"log_every={warmup}", f"eval_every={updates}",
+                "checkpoint_every=0", "logger=none", f"out_dir={out}", f"run_name={run_name}", *overrides]
     cmd = command(processes, run_args)
     load_before = os.getloadavg()[0]
     done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True)

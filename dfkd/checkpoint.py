@@ -18,15 +18,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from omegaconf import OmegaConf
 
-from dfkd.config import Config, DfkdError
+from dfkd.config import LOGGING_KEYS, Config, DfkdError
 
 COMPLETE = "complete"
-# Keys that change what is logged or where, never the weights: a resume may change them.
-NOT_RESULT_KEYS = {"eval_every", "log_every", "logger", "wandb_project", "out_dir", "run_name", "resume",
-                   "checkpoint_every", "keep_checkpoints", "data.eval_batch_size", "data.download", "data.root",
-                   "teacher.train_if_missing"}
-
-
 class DamagedCheckpoint(Exception):
     """A checkpoint folder that cannot be restored (truncated, corrupt, or not dfkd's)."""
 
@@ -49,7 +43,7 @@ def config_differences(saved_yaml: Path, cfg: Config) -> List[str]:
     """``key: saved -> now`` for every key that changes the result and differs from the saved config."""
     saved = flat(OmegaConf.to_container(OmegaConf.load(saved_yaml)))
     now = flat(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    keys = [k for k in now if k in saved and k not in NOT_RESULT_KEYS]
+    keys = [k for k in now if k in saved and k not in LOGGING_KEYS]
     return [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in keys if saved[k] != now[k]]
 
 

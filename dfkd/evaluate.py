@@ -5,15 +5,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dfkd.data import image_folder, tensor_dataset
+from dfkd.data import ImageFolder, tensor_dataset
 
 
-def test_loader(data, mean, std) -> DataLoader:
-    """The real test split of ``data.dataset``, normalised with the teacher's mean/std."""
+def test_loader(data, normalize: bool = True) -> DataLoader:
+    """The real test split of ``data.dataset`` as teacher inputs (its contract, ``data.*``); raw 0-1 pixels,
+    resized and cropped the same way, with ``normalize=False`` (what exported files take)."""
     if data.dataset == "imagefolder":
-        ds = image_folder(data.root, data.image_size, mean, std)
+        ds = ImageFolder(data.root, data, normalize)
     else:
-        ds = tensor_dataset(data.dataset, data.root, False, data.download, data.image_size, mean, std)
+        ds = tensor_dataset(data, train=False, normalize=normalize)
     return DataLoader(ds, batch_size=data.eval_batch_size, shuffle=False)
 
 

@@ -30,8 +30,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dfkd.config import Config, DataConfig, DfkdError
+from dfkd.contract import resolve
 from dfkd.evaluate import test_loader
-from dfkd.teacher import create_model, load_weights
+from dfkd.weights import create_model, load_weights, save_weights
 
 FILES = {"safetensors": "student.safetensors", "torchscript": "student.torchscript.pt", "onnx": "student.onnx"}
 OPSET = 17  # every onnxruntime since 1.14 runs it; a CNN classifier needs no newer operator
@@ -61,17 +62,15 @@ def load_timm(arch: Dict, file: Path) -> nn.Module:
 
     import dfkd.models  # noqa: F401  (registers dfkd's networks in timm)
 
-    n = arch["num_classes"]
-    return timm.create_model(arch["architecture"], num_classes=n, pretrained=True,
+    n, chans = arch["num_classes"], arch["input_size"][0]
+    return timm.create_model(arch["architecture"], num_classes=n, in_chans=chans, pretrained=True,
                              pretrained_cfg_overlay=dict(file=str(file), num_classes=n)).eval()
 
 
 def write(fmt: str, model: RawImageModel, example: torch.Tensor, path: Path) -> None:
     """Save ``model`` as ``fmt``: the bare timm weights, or the raw-image module traced / exported."""
     if fmt == "safetensors":
-        from safetensors.torch import save_file
-
-        save_file({k: v.detach().contiguous() for k, v in model.model.state_dict().items()}, str(path))
+        save_weights(model.model, path)
     with warnings.catch_warnings():  # torch.jit is deprecated upstream, yet what C++/mobile loaders read;
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))  # dynamo ONNX needs onnxscript
         if fmt == "torchscript":
@@ -84,6 +83,14 @@ def write(fmt: str, model: RawImageModel, example: torch.Tensor, path: Path) -> 
 
 def reload(fmt: str, path: Path, arch: Dict) -> Predict:
     """An exported file loaded back as a user would: through timm, torch.jit.load, or onnxruntime."""
+    try:
+        return _reload(fmt, path, arch)
+    except Exception as err:  # truncated or corrupt file, or not this format
+        raise DfkdError(f"cannot load '{path}' as {fmt} ({type(err).__name__}: "
+                        f"{(str(err).splitlines() or [''])[0][:160]}); re-export it with dfkd export RUN_DIR") from err
+
+
+def _reload(fmt: str, path: Path, arch: Dict) -> Predict:
     if fmt == "onnx":
         import onnxruntime as ort
 
@@ -114,6 +121,7 @@ def read_run(run_dir: Path) -> Tuple[Config, Dict]:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(cfg_file)))
     except Exception as err:
         raise DfkdError(f"{cfg_file} does not fit this dfkd's config schema: {str(err).splitlines()[0]}") from err
+    resolve(cfg)  # runs written before the contract was recorded: derive it as they did
     summary = run_dir / "summary.json"
     return cfg, json.loads(summary.read_text()) if summary.is_file() else {}
 
@@ -126,21 +134,23 @@ def make_card(run_dir: Path, which: str = "best", weights: Optional[Path] = None
         other = "final" if which == "best" else "best"
         raise DfkdError(f"run directory '{run_dir}' has no {weights.name} (the run did not reach an evaluation "
                         f"or did not finish); finish it with dfkd distill, or try --which {other}")
-    n = cfg.data.num_classes
-    teacher, student = create_model(cfg.teacher.name, n), create_model(cfg.student.name, n)  # architectures only
-    mean, std = teacher.pretrained_cfg["mean"], teacher.pretrained_cfg["std"]  # what the trainer evaluated with
+    d, n = cfg.data, cfg.data.num_classes
+    teacher = create_model(cfg.teacher.name, n, in_chans=d.channels, **cfg.teacher.kwargs)  # architectures only
+    student = create_model(cfg.student.name, n, in_chans=d.channels)
     t_params, s_params = (sum(p.numel() for p in m.parameters()) for m in (teacher, student))
+    resize = "" if d.crop_pct == 1 else f" after a resize of the short side to {int(d.image_size / d.crop_pct)} and "
     return {
         "architecture": cfg.student.name, "num_classes": n,
-        "input_size": [cfg.data.channels, cfg.data.image_size, cfg.data.image_size],
-        "mean": list(mean), "std": list(std),
+        "input_size": [d.channels, d.image_size, d.image_size],
+        "mean": list(d.mean), "std": list(d.std), "interpolation": d.interpolation, "crop_pct": d.crop_pct,
         "input": "student.safetensors is the bare timm model: feed (x - mean) / std. student.torchscript.pt and "
-                 "student.onnx include that normalization: feed float32 NCHW images with values in 0-1, resized "
-                 "(bilinear) to input_size; any batch size.",
-        "timm_load": "import dfkd.models, timm; timm.create_model(\"%s\", num_classes=%d, pretrained=True, "
-                     "pretrained_cfg_overlay=dict(file=\"student.safetensors\", num_classes=%d))"
-                     % (cfg.student.name, n, n),
-        "teacher": {"name": cfg.teacher.name, "checkpoint": cfg.teacher.checkpoint,
+                 "student.onnx include that normalization: feed float32 NCHW images with values in 0-1, "
+                 f"{d.channels} channel(s), resized ({d.interpolation}) to input_size"
+                 + (f"{resize}a centre crop" if resize else "") + "; any batch size.",
+        "timm_load": "import dfkd.models, timm; timm.create_model(\"%s\", num_classes=%d, in_chans=%d, "
+                     "pretrained=True, pretrained_cfg_overlay=dict(file=\"student.safetensors\", num_classes=%d))"
+                     % (cfg.student.name, n, d.channels, n),
+        "teacher": {"name": cfg.teacher.name, "checkpoint": cfg.teacher.checkpoint, "kwargs": dict(cfg.teacher.kwargs),
                     "pretrained": cfg.teacher.pretrained, "test_acc": summary.get("teacher_acc"), "params": t_params},
         "student_final_acc": summary.get("student_final_acc"), "student_best_acc": summary.get("student_best_acc"),
         "exported": which, "scheme": cfg.scheme, "k": cfg.k, "loss": cfg.loss, "recipe": cfg.recipe,
@@ -154,8 +164,8 @@ def make_card(run_dir: Path, which: str = "best", weights: Optional[Path] = None
 
 def real_batches(card: Dict, limit: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """The recipe's real test split as RAW 0-1 images (mean 0, std 1), first ``limit`` images."""
-    channels, left = card["input_size"][0], sys.maxsize if limit is None else limit
-    for x, y in test_loader(DataConfig(**card["data"]), [0.0] * channels, [1.0] * channels):
+    left = sys.maxsize if limit is None else limit
+    for x, y in test_loader(DataConfig(**card["data"]), normalize=False):
         if left <= 0:
             return
         yield x[:left], y[:left]
@@ -186,14 +196,18 @@ def export(run_dir, formats: List[str], out=None, which: str = "best") -> Path:
         raise DfkdError(f"cannot export format '{bad[0]}'; choose from {', '.join(FILES)} (comma-separated)")
     run_dir = Path(run_dir).expanduser()
     card = make_card(run_dir, which)
-    student = create_model(card["architecture"], card["num_classes"])
+    student = create_model(card["architecture"], card["num_classes"], in_chans=card["input_size"][0])
     load_weights(student, card["weights"], what="student")
     reference = RawImageModel(student.eval(), card["mean"], card["std"]).eval()
     images = torch.cat([x for x, _ in real_batches(card, PARITY_IMAGES)])
     with torch.no_grad():
         expected = reference(images)
     out = Path(out).expanduser() if out else run_dir / "export"
+    blocked = next((p for p in [out.absolute(), *out.absolute().parents] if p.exists() and not p.is_dir()), None)
     base = next(p for p in out.absolute().parents if p.is_dir())  # same filesystem as out: os.replace works
+    if blocked is not None or not os.access(base, os.W_OK):
+        raise DfkdError(f"cannot write the export to '{out}': {blocked or base} is "
+                        f"{'a file' if blocked else 'not writable'}; pass --out WRITABLE_DIR")
     with tempfile.TemporaryDirectory(dir=base, prefix=f".{out.name}.partial-") as tmp:
         card["opset"], card["parity"], card["files"] = OPSET, {}, {}
         for fmt in formats:
@@ -260,7 +274,8 @@ def evaluate_artifact(artifact, limit: Optional[int] = None, which: str = "best"
     is run in the student's format (exported to a temporary file), so both go through the same runtime."""
     card, fmt, path = resolve_artifact(Path(artifact).expanduser(), which)
     t = card["teacher"]
-    teacher = create_model(t["name"], card["num_classes"], pretrained=t["pretrained"])
+    teacher = create_model(t["name"], card["num_classes"], pretrained=t["pretrained"], in_chans=card["input_size"][0],
+                           **t.get("kwargs", {}))
     if t["checkpoint"]:
         load_weights(teacher, t["checkpoint"])
     example = torch.cat([x for x, _ in real_batches(card, 64)])

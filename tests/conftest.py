@@ -40,11 +40,13 @@ def mnist_teacher() -> Path:
     """
     if not TEACHER.is_file():
         from dfkd.config import DfkdError, load_config
+        from dfkd.contract import resolve
         from dfkd.teacher import build_teacher
 
         cfg = load_config([])
         try:
-            build_teacher(cfg, cfg.data.num_classes)
+            resolve(cfg)
+            build_teacher(cfg)
         except DfkdError as err:
             pytest.skip(f"needs real MNIST for the cached teacher {TEACHER}: {err}")
     return TEACHER

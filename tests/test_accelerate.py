@@ -17,10 +17,11 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from dfkd.config import load_config
-from dfkd.models import Generator
 from dfkd import evaluate as evaluation  # (its test_loader would be collected as a test)
-from dfkd.teacher import build_teacher, create_model
+from dfkd.config import load_config
+from dfkd.contract import resolve
+from dfkd.models import Generator
+from dfkd.weights import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.usefixtures("mnist_teacher"), pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
@@ -78,9 +79,9 @@ def test_two_process_run_ends_with_identical_weights_and_the_single_process_accu
 
     # The gathered 2-process accuracy equals a plain single-process evaluation of the saved weights.
     cfg = load_config(args)
-    teacher = build_teacher(cfg, 10)
+    resolve(cfg)
     student = create_model("lenet5_half", 10)
     student.load_state_dict(saved)
-    loader = evaluation.test_loader(cfg.data, teacher.pretrained_cfg["mean"], teacher.pretrained_cfg["std"])
+    loader = evaluation.test_loader(cfg.data)
     assert len(loader.dataset) == 10_000 and len(loader) == 7
     assert evaluation.evaluate(student, loader, Accelerator(cpu=True)) == summary["student_final_acc"]

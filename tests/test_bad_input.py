@@ -1,6 +1,6 @@
 """Every user mistake gives one line ``dfkd: error: ...`` and exit code 2, never a traceback.
 
-The table below is also README's "Troubleshooting" section: keep the two in step.
+The table below is also docs/troubleshooting.md (tests/test_docs.py checks that every case has a row).
 """
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TEACHER
 from safetensors.torch import save_file
 
 from dfkd.distill import main
-from dfkd.teacher import create_model
-from conftest import TEACHER
+from dfkd.weights import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 needs_teacher = pytest.mark.usefixtures("mnist_teacher")  # trains/caches it first (conftest)
@@ -42,6 +42,11 @@ def make_files(tmp: Path) -> dict:
         save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp / f"{name}.safetensors"))
     torch.save({"conv1.weight": torch.zeros(1), "payload": WritesAFile(str(tmp / "pwned"))}, tmp / "pickled.pt")
     (tmp / "a_file").write_text("not a directory\n")
+    (tmp / "empty_folder").mkdir()
+    (tmp / "not_images" / "0").mkdir(parents=True)
+    (tmp / "not_images" / "0" / "notes.txt").write_text("not an image\n")
+    (tmp / "corrupt_images" / "0").mkdir(parents=True)
+    (tmp / "corrupt_images" / "0" / "broken.png").write_bytes(os.urandom(512))
     return {"TMP": str(tmp)}
 
 
@@ -59,8 +64,21 @@ CASES = {
     "negative checkpoint_every": (["checkpoint_every=-5"], "checkpoint_every must be >= 0"),
     "class-count mismatch": (["data.num_classes=100"], "has 10 classes, lenet5 was built with 100"),
     "input size mismatch": (["data.image_size=28"], "teacher lenet5 cannot take generated images of shape (1, 28, 28)"),
-    "channel mismatch": (["data.channels=3"], "teacher lenet5 cannot take generated images of shape (3, 32, 32)"),
-    "student input mismatch": (["student.name=resnet18_cifar"], "student resnet18_cifar cannot take generated images"),
+    "channel mismatch": (["data.channels=3"], "takes 1-channel images, lenet5 was built for 3: set data.channels=1"),
+    "teacher near chance (wrong mean/std)": (["data.mean=[0.5]", "data.std=[1000]"], "near chance"),
+    "infinite value": (["student.lr=inf"], "student.lr must be a finite number, got inf"),
+    "mean/std of another channel count": (["data.mean=[0.1,0.2]"], "data.mean has 2 values for a 1-channel teacher"),
+    "unknown interpolation": (["data.interpolation=lanczos"], "bad value for 'data.interpolation' in the command "
+                              "line: Invalid value 'lanczos', expected one of [bilinear, bicubic, nearest]"),
+    "unknown choice": (["lr_schedule=linear"], "Invalid value 'linear', expected one of [cosine, step, constant]"),
+    "missing teacher card": (["teacher.card={TMP}/nope.json"], "teacher.card '{TMP}/nope.json' not found"),
+    "empty ImageFolder": (["data.dataset=imagefolder", "data.root={TMP}/empty_folder"], "holds no class sub-folders"),
+    "ImageFolder without images": (["data.dataset=imagefolder", "data.root={TMP}/not_images"],
+                                   "holds no image files"),
+    "ImageFolder with a corrupt image": (["data.dataset=imagefolder", "data.root={TMP}/corrupt_images"],
+                                         "cannot read image '{TMP}/corrupt_images/0/broken.png'"),
+    "student input mismatch": (["student.name=vit_tiny_patch16_224"],
+                               "student vit_tiny_patch16_224 cannot take generated images of shape (1, 32, 32)"),
     "per-sample loss with a BatchNorm student": (["teacher.name=wrn_16_1", "teacher.checkpoint={TMP}/wrn_16_1.safetensors",
                                                    "student.name=wrn_16_1", "data.channels=3", "loss=l1_log_sample"],
                                                   "wrn_16_1 has train-mode BatchNorm"),
@@ -90,6 +108,7 @@ def test_bad_input_gives_one_line_and_exit_2(case, tmp_path, capsys):
     assert err and err[-1].startswith("dfkd: error: "), err
     assert fragment.format(**subs) in err[-1], err[-1]
     assert not (tmp_path / "pwned").exists(), "a .pt file was unpickled with code execution"
+    assert not (tmp_path / "runs").exists(), "a refused run left a run directory behind"
 
 
 def test_command_line_error_exits_2_without_traceback():

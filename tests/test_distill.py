@@ -9,10 +9,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from dfkd.config import load_config
 from dfkd import evaluate as dfkd_evaluate  # not `import test_loader`: pytest would collect it
-from dfkd.teacher import create_model
+from dfkd.config import load_config
+from dfkd.contract import resolve
 from dfkd.trainer import distill
+from dfkd.weights import create_model
 
 pytestmark = pytest.mark.usefixtures("mnist_teacher", "one_thread")
 
@@ -22,9 +23,10 @@ def test_short_one_stage_run_lifts_the_student_far_above_chance_and_its_untraine
                        "logger=none", f"out_dir={tmp_path}"])
     summary = distill(cfg)
 
+    resolve(cfg)
     torch.manual_seed(cfg.seed)
     untrained = create_model(cfg.student.name, cfg.data.num_classes)
-    loader = dfkd_evaluate.test_loader(cfg.data, [0.1307], [0.3081])
+    loader = dfkd_evaluate.test_loader(cfg.data)
     untrained_acc = dfkd_evaluate.evaluate(untrained, loader, Accelerator(cpu=True))
 
     assert summary["teacher_acc"] > 97.0  # the cached teacher is a real MNIST classifier

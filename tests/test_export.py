@@ -15,10 +15,10 @@ import pytest
 import timm
 import torch
 
+from dfkd import evaluate as dfkd_evaluate
 from dfkd import export as ex
 from dfkd.cli import main as cli
-from dfkd import evaluate as dfkd_evaluate
-from dfkd.teacher import create_model, load_weights
+from dfkd.weights import create_model, load_weights
 
 SUBSET = 2000
 
@@ -45,9 +45,8 @@ def reference(run_dir):
     load_weights(student, str(run_dir / "student_best.safetensors"), what="student")
     teacher = create_model("lenet5", 10)
     load_weights(teacher, cfg.teacher.checkpoint)
-    mean, std = teacher.pretrained_cfg["mean"], teacher.pretrained_cfg["std"]
-    normalized = dfkd_evaluate.test_loader(cfg.data, mean, std).dataset.tensors
-    raw = dfkd_evaluate.test_loader(cfg.data, [0.0], [1.0]).dataset.tensors[0][:SUBSET]
+    normalized = dfkd_evaluate.test_loader(cfg.data).dataset.tensors
+    raw = dfkd_evaluate.test_loader(cfg.data, normalize=False).dataset.tensors[0][:SUBSET]
     with torch.no_grad():
         full_acc = 100.0 * (student.eval()(normalized[0]).argmax(1) == normalized[1]).float().mean().item()
         logits = student(normalized[0][:SUBSET])
@@ -101,7 +100,7 @@ def test_safetensors_loads_with_the_documented_timm_call_and_identical_logits(ru
 
     path = run_dir / "export" / "student.safetensors"
     card = json.loads((run_dir / "export" / "student.json").read_text())
-    assert 'timm.create_model("lenet5_half", num_classes=10, pretrained=True, pretrained_cfg_overlay=dict(' \
+    assert 'timm.create_model("lenet5_half", num_classes=10, in_chans=1, pretrained=True, pretrained_cfg_overlay=dict(' \
            'file="student.safetensors", num_classes=10))' in card["timm_load"]
     model = timm.create_model("lenet5_half", num_classes=10, pretrained=True,
                               pretrained_cfg_overlay=dict(file=str(path), num_classes=10)).eval()
@@ -175,3 +174,23 @@ def test_evaluate_an_unknown_artifact_is_one_line(tmp_path, capsys):
     (tmp_path / "model.h5").write_text("x")
     assert cli(["evaluate", str(tmp_path / "model.h5")]) == 2
     assert_one_line_error(capsys, "model.h5", "not a dfkd artifact")
+
+
+def test_export_to_an_unwritable_place_is_one_line_and_leaves_no_files(run_dir, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a directory\n")
+    assert cli(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "a_file" / "out")]) == 2
+    assert_one_line_error(capsys, "cannot write the export to", "a file", "--out WRITABLE_DIR")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+@pytest.mark.parametrize("fmt, damage", [("onnx", "garbage"), ("torchscript", "garbage"), ("safetensors", "truncate")])
+def test_evaluate_a_damaged_artifact_is_one_line(run_dir, tmp_path, capsys, fmt, damage):
+    shutil.copy(run_dir / "export" / "student.json", tmp_path / "student.json")
+    data = (run_dir / "export" / FILES_BY_FORMAT[fmt]).read_bytes()
+    damaged = data[: len(data) // 2] if damage == "truncate" else bytes(reversed(data))
+    (tmp_path / FILES_BY_FORMAT[fmt]).write_bytes(damaged)
+    assert cli(["evaluate", str(tmp_path / FILES_BY_FORMAT[fmt]), "--limit", "64", "--seconds", "0.1"]) == 2
+    assert_one_line_error(capsys, f"cannot load '{tmp_path / FILES_BY_FORMAT[fmt]}' as {fmt}", "re-export it")
+
+
+FILES_BY_FORMAT = ex.FILES

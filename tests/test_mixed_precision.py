@@ -13,13 +13,13 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 import dfkd.models  # noqa: F401  (registers lenet5 / lenet5_half in timm)
+from dfkd.build import prepare_teacher
 from dfkd.config import PriorsConfig
 from dfkd.losses import ADVERSARIAL, Priors
 from dfkd.models import Generator
 from dfkd.onestage import one_stage_step
 from dfkd.schemes import Parts
-from dfkd.teacher import create_model
-from dfkd.trainer import prepare_teacher
+from dfkd.weights import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread", "fresh_accelerator_state")
 NZ, BATCH = 32, 16

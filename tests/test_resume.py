@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from torch import nn
 
+from dfkd import schemes
 from dfkd.checkpoint import complete_checkpoints, restore, save_checkpoint
 from dfkd.config import Config, DfkdError, load_config
 from dfkd.trainer import distill
@@ -142,7 +143,16 @@ def test_resume_refuses_a_run_dir_with_another_config(tmp_path_factory):
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setenv("DFKD_DEBUG_NAN_AT_UPDATE", "25")
+    one_stage, calls = schemes.SCHEMES["one_stage"], []
+
+    def poisoned(parts, k):  # from the 26th update on, the student's weights are NaN
+        calls.append(1)
+        if len(calls) > 25:
+            with torch.no_grad():
+                next(parts.student.parameters()).fill_(float("nan"))
+        return one_stage(parts, k)
+
+    monkeypatch.setitem(schemes.SCHEMES, "one_stage", poisoned)
     run_dir, args = tmp_path / "r", TINY + SCHEMES["one_stage"] + ["student_updates=30", "eval_every=30"]
     with pytest.raises(DfkdError) as err:
         run(args, tmp_path)
@@ -154,9 +164,22 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypa
     for name in ("model.safetensors", "model_1.safetensors"):
         assert all(torch.isfinite(t).all() for t in load_file(str(good / name)).values())
     # intact: it resumes (without the injected NaN) and finishes
-    monkeypatch.delenv("DFKD_DEBUG_NAN_AT_UPDATE")
+    monkeypatch.setitem(schemes.SCHEMES, "one_stage", one_stage)
     assert run(args, tmp_path) == run_dir
     assert (run_dir / "student.safetensors").exists()
+
+
+def test_finished_run_run_again_keeps_its_summary_and_wall_clock_adds_up_over_a_resume(tmp_path_factory):
+    out = tmp_path_factory.mktemp("again")
+    args = TINY + SCHEMES["one_stage"]
+    crashed = Crash(args, out).wait()
+    state = torch.load(complete_checkpoints(crashed)[-1] / "dfkd_state_0.pt", weights_only=True)
+    assert state["wall_s"] > 0  # the wall clock of the killed process is in its checkpoint
+    run_dir = run(args, out)
+    first = json.loads((run_dir / "summary.json").read_text())
+    assert first["wall_seconds"] >= state["wall_s"] + first["train_seconds"] - state["train_s"]
+    assert run(args, out) == run_dir  # run again: nothing to do
+    assert json.loads((run_dir / "summary.json").read_text()) == first
 
 
 def test_checkpoint_that_fails_to_load_falls_back_to_previous(tmp_path, capsys):

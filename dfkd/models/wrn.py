@@ -2,15 +2,17 @@
 
 Pre-activation blocks (BN, ReLU, conv); ``(depth - 4) / 6`` blocks per stage, stage widths 16k, 32k, 64k.
 Module names: ``conv1``, ``stages.S.B.{bn1,conv1,bn2,conv2,shortcut}``, ``norm``, ``fc``; checkpoints
-laid out as ``blockN.layer.B...convShortcut`` (ZSKT/CMI) load through ``dfkd.teacher.KEY_MAP``.
+laid out as ``blockN.layer.B...convShortcut`` (ZSKT/CMI) load through ``checkpoint_filter_fn``.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from typing import Dict
 
-from dfkd.models.cifar_resnet import cifar_cfg
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from dfkd.models.cifar_resnet import PooledClassifier, cifar_cfg, rename_keys
 
 
 class WideBlock(nn.Module):
@@ -34,7 +36,7 @@ class WideBlock(nn.Module):
         return out + (self.shortcut(pre) if self.shortcut is not None else x)
 
 
-class WideResNet(nn.Module):
+class WideResNet(PooledClassifier):
     """conv3x3(16) -> three stages of ``(depth-4)/6`` wide blocks -> BN-ReLU -> global average pool -> ``fc``."""
 
     def __init__(self, depth: int = 16, widen: int = 1, num_classes: int = 10, in_chans: int = 3,
@@ -44,36 +46,54 @@ class WideResNet(nn.Module):
             raise ValueError(f"WRN depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
         widths = (16 * widen, 32 * widen, 64 * widen)
-        self.num_classes = num_classes
         self.conv1 = nn.Conv2d(in_chans, 16, 3, padding=1, bias=False)
+        # Pre-activation blocks leave the last stage un-normalised, so (as timm's ResNetV2) the last tap is
+        # after the final BN-ReLU; ``stages.N`` names need timm's flatten_sequential.
+        self.feature_info = [{"num_chs": 16, "reduction": 1, "module": "conv1"}]
         stages, in_planes = [], 16
         for i, planes in enumerate(widths):
             blocks = [WideBlock(in_planes if j == 0 else planes, planes, 2 if i > 0 and j == 0 else 1, drop_rate)
                       for j in range(n)]
             stages.append(nn.Sequential(*blocks))
             in_planes = planes
+            tap = f"stages.{i}" if i < 2 else "act"
+            self.feature_info.append({"num_chs": planes, "reduction": 2 ** i, "module": tap})
         self.stages = nn.Sequential(*stages)
         self.norm = nn.BatchNorm2d(in_planes)
         self.act = nn.ReLU(inplace=True)
-        self.num_features = in_planes
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(in_planes, num_classes)
+        self._build_head(in_planes, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.norm(self.stages(self.conv1(x))))
-        return self.fc(self.pool(x))
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage after the final BN-ReLU, before pooling (8x8 at 32x32 input)."""
+        return self.act(self.norm(self.stages(self.conv1(x))))
 
 
 default_cfgs = generate_default_cfgs({f"wrn_{d}_{k}.untrained": cifar_cfg() for d in (16, 40) for k in (1, 2)})
 
 
+# Renames for WRN checkpoints of ZSKT/CMI (wresnet.py): ``blockN.layer.B`` -> ``stages.(N-1).B``,
+# ``convShortcut`` -> ``shortcut``, the final ``bn1`` -> ``norm``.
+KEY_RENAMES = [
+    (r"^block(\d)\.layer\.", lambda m: f"stages.{int(m.group(1)) - 1}."),
+    (r"\.convShortcut\.", ".shortcut."),
+    (r"^bn1\.", "norm."),
+]
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """A ZSKT/CMI WRN state dict renamed to ``model``'s keys (timm's ``pretrained_filter_fn``)."""
+    return rename_keys(state_dict, model.state_dict().keys(), KEY_RENAMES)
+
+
 def _create(variant: str, pretrained: bool, depth: int, widen: int, **kwargs) -> WideResNet:
-    return build_model_with_cfg(WideResNet, variant, pretrained, depth=depth, widen=widen, **kwargs)
+    return build_model_with_cfg(WideResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                feature_cfg={"flatten_sequential": True, "out_indices": (0, 1, 2, 3)},
+                                depth=depth, widen=widen, **kwargs)
 
 
 @register_model

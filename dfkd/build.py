@@ -1,0 +1,193 @@
+"""Build a run: accelerator, the teacher's input contract, models, optimizers, evaluation data, checks.
+
+``build(cfg)`` makes and checks every part before anything trains or is written; the loop in
+``dfkd/trainer.py`` only steps, logs, evaluates and checkpoints.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import get_mixed_precision_context_manager, set_seed
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+
+from dfkd.checkpoint import prepare_run_dir, resume_candidates
+from dfkd.config import Config, DfkdError
+from dfkd.contract import Contract, resolve
+from dfkd.evaluate import evaluate, test_loader
+from dfkd.losses import ADVERSARIAL, Priors
+from dfkd.models import Generator
+from dfkd.schemes import Parts
+from dfkd.teacher import build_teacher
+from dfkd.weights import create_model
+
+
+@dataclass
+class Run:
+    """The parts of one distillation, built by ``build`` before anything trains or is written."""
+
+    cfg: Config
+    accelerator: Accelerator
+    parts: Parts
+    loader: DataLoader
+    run_dir: Path
+    candidates: List[Path]  # checkpoints to resume from, newest first
+    z_rng: torch.Generator
+    base_lrs: List[float]
+    teacher_acc: float
+    contract: Contract
+
+
+def run_dir_for(cfg: Config) -> Path:
+    name = cfg.run_name or f"{cfg.recipe}-{cfg.scheme}{cfg.k if cfg.scheme != 'one_stage' else ''}-s{cfg.seed}"
+    return Path(cfg.out_dir).expanduser() / name
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    """Accelerate for this config: devices, processes, mixed precision, logging; refuses what it cannot do."""
+    if cfg.logger == "wandb" and not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")  # never block on a login prompt or the network
+    # Without CUDA, torchrun / `accelerate launch --multi_gpu` would start N unconnected single-process
+    # runs unless Accelerate is told the processes are CPU ones (then it joins them with gloo).
+    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    # "no" (the default) leaves `accelerate launch --mixed_precision`, or its config, in charge;
+    # compile=true compiles student and generator after DDP wrapping, in prepare()
+    accelerator = Accelerator(cpu=cpu_processes,
+                              mixed_precision=None if cfg.mixed_precision == "no" else cfg.mixed_precision,
+                              dynamo_backend="inductor" if cfg.compile else None,
+                              log_with="wandb" if cfg.logger == "wandb" else None)
+    if accelerator.mixed_precision == "fp16" and accelerator.scaler is None:
+        raise DfkdError(f"mixed_precision=fp16 needs a GPU: on {accelerator.device.type} Accelerate has no fp16 "
+                        f"autocast and would silently train in fp32; use mixed_precision=bf16 or no")
+    if cfg.batch_size % accelerator.num_processes:
+        raise DfkdError(f"batch_size {cfg.batch_size} (the global batch) is not divisible by the "
+                        f"{accelerator.num_processes} processes; pick a multiple of {accelerator.num_processes}")
+    return accelerator
+
+
+def make_optimizers(cfg: Config, student: nn.Module, generator: nn.Module):
+    if cfg.student.optimizer == "adam":
+        opt_s = torch.optim.AdamW(student.parameters(), lr=cfg.student.lr, weight_decay=cfg.student.weight_decay)
+    else:
+        opt_s = torch.optim.SGD(student.parameters(), lr=cfg.student.lr, momentum=cfg.student.momentum,
+                                weight_decay=cfg.student.weight_decay)
+    joint = cfg.scheme != "two_stage" and cfg.generator.joint_lr is not None
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.generator.joint_lr if joint else cfg.generator.lr,
+                             betas=(cfg.generator.beta1, cfg.generator.beta2))
+    return opt_s, opt_g
+
+
+def check_models(cfg: Config, teacher: nn.Module, student: nn.Module, generator: nn.Module,
+                 contract: Optional[Contract] = None) -> None:
+    """Teacher, student and generator must agree on classes and image shape before anything trains."""
+    source = (contract.sources if contract else {}).get("image_size")
+    origin = f", the size from {source}" if source else ""
+    z = torch.randn(2, cfg.generator.nz)
+    with torch.no_grad():
+        x = generator.eval()(z)
+        generator.train()
+        outputs = []
+        for role, name, model in (("teacher", cfg.teacher.name, teacher), ("student", cfg.student.name, student)):
+            try:
+                outputs.append(model.eval()(x))
+            except (RuntimeError, AssertionError) as err:  # timm asserts fixed input sizes
+                raise DfkdError(f"{role} {name} cannot take generated images of shape {tuple(x.shape[1:])} "
+                                f"(data.image_size={cfg.data.image_size}, data.channels={cfg.data.channels}"
+                                f"{origin}): {str(err).splitlines()[0][:120]}; set data.image_size/data.channels "
+                                f"to the teacher's input, or pick a {role} built for it") from err
+        t, s = outputs
+        student.train()
+    if t.shape[1] != s.shape[1] or t.shape[1] != cfg.data.num_classes:
+        raise DfkdError(f"class counts differ: teacher {cfg.teacher.name} has {t.shape[1]}, student "
+                        f"{cfg.student.name} {s.shape[1]}, data.num_classes={cfg.data.num_classes}")
+    adv = ADVERSARIAL[cfg.loss]
+    if adv.mode == "sample" and cfg.scheme != "two_stage":
+        mixing = [n for n, m in student.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if mixing:
+            raise DfkdError(f"loss={cfg.loss} rescales the generator gradient per sample, which one-stage can do "
+                            f"exactly only if the student treats samples independently; {cfg.student.name} has "
+                            f"train-mode BatchNorm ({mixing[0]}): use loss=l1_log (per batch) or scheme=two_stage")
+
+
+def prepare_teacher(accelerator: Accelerator, teacher: nn.Module, compile: bool = False) -> nn.Module:
+    """The frozen teacher on the accelerator's device, under the same autocast as the prepared student.
+
+    Not ``accelerator.prepare``d: that would wrap it for DDP and put it in every checkpoint.
+    """
+    teacher = teacher.to(accelerator.device)
+    if accelerator.native_amp:
+        teacher.forward = get_mixed_precision_context_manager(True, accelerator.autocast_handler)(teacher.forward)
+    return torch.compile(teacher) if compile else teacher
+
+
+def check_teacher(cfg: Config, teacher_acc: float, contract: Contract, print_fn) -> None:
+    """No silent wrong numbers: a teacher near chance on real data means a wrong input pipeline, not a bad teacher."""
+    chance = 100.0 / cfg.data.num_classes
+    floor = min(2 * chance, (100 + chance) / 2)
+    where = f"{cfg.data.dataset} {cfg.data.root if cfg.data.dataset == 'imagefolder' else 'test split'}"
+    if teacher_acc < floor and not cfg.teacher.allow_near_chance:
+        raise DfkdError(
+            f"teacher {cfg.teacher.name} scores {teacher_acc:.2f}% on {where}, near chance ({chance:.3g}%): its input "
+            f"pipeline is probably wrong. Check data.mean/data.std (now {list(map(float, cfg.data.mean))}/"
+            f"{list(map(float, cfg.data.std))}), resize/crop (data.image_size={cfg.data.image_size}, data.crop_pct="
+            f"{cfg.data.crop_pct}, data.interpolation={cfg.data.interpolation}), data.channels={cfg.data.channels}, "
+            f"and the class order (data.classes); or give the teacher a card (docs/own-teacher.md); "
+            f"teacher.allow_near_chance=true distils anyway")
+    if contract.card_accuracy is not None and abs(contract.card_accuracy - teacher_acc) > 1.0:
+        print_fn(f"[dfkd] warning: teacher {cfg.teacher.name} scores {teacher_acc:.2f}% here, its card "
+                 f"{contract.card.name} says {contract.card_accuracy:.2f}%: if both are on the same images, the "
+                 f"input pipeline differs (data.mean/std, image_size, crop_pct, interpolation, channels, classes)")
+
+
+def build(cfg: Config) -> Run:
+    """Everything a run needs, checked before anything trains or is written: accelerator, the resolved input
+    contract, teacher (evaluated), student, generator, optimizers, evaluation data, resume candidates."""
+    accelerator = make_accelerator(cfg)
+    contract = resolve(cfg)  # fills data.* / teacher.name left null: config.yaml records the resolved values
+    set_seed(cfg.seed)
+    run_dir = run_dir_for(cfg)
+    candidates = resume_candidates(cfg, run_dir)  # refuses a run directory made with another config
+    with accelerator.main_process_first():  # only one process trains a missing teacher
+        teacher = build_teacher(cfg)
+    student = create_model(cfg.student.name, cfg.data.num_classes, in_chans=cfg.data.channels)
+    generator = Generator(cfg.generator.nz, cfg.generator.ngf, cfg.data.image_size, cfg.data.channels)
+    check_models(cfg, teacher, student, generator, contract)
+    loader = test_loader(cfg.data)
+    opt_s, opt_g = make_optimizers(cfg, student, generator)
+    base_lrs = [opt_s.param_groups[0]["lr"], opt_g.param_groups[0]["lr"]]
+    if cfg.channels_last:
+        for model in (student, generator, teacher):
+            model.to(memory_format=torch.channels_last)
+    student, generator, opt_s, opt_g, loader = accelerator.prepare(student, generator, opt_s, opt_g, loader)
+
+    z_rng = torch.Generator(accelerator.device).manual_seed(cfg.seed * 1000 + accelerator.process_index)
+    local_batch = cfg.batch_size // accelerator.num_processes  # batch_size is the global batch
+    priors = Priors(cfg.priors, teacher)  # before compiling: its BN hooks sit on the teacher's own layers
+    teacher = prepare_teacher(accelerator, teacher, cfg.compile)  # frozen: not wrapped, never synchronised
+    parts = Parts(student, teacher, generator, opt_s, opt_g, ADVERSARIAL[cfg.loss], priors, accelerator,
+                  lambda: torch.randn(local_batch, cfg.generator.nz, generator=z_rng, device=accelerator.device),
+                  cfg.max_scale)
+    teacher_acc = evaluate(teacher, loader, accelerator)
+    accelerator.print(f"[dfkd] input: {contract.describe(cfg)}")
+    for warning in contract.warnings:
+        accelerator.print(f"[dfkd] warning: {warning}")
+    check_teacher(cfg, teacher_acc, contract, accelerator.print)
+    return Run(cfg, accelerator, parts, loader, run_dir, candidates, z_rng, base_lrs, teacher_acc, contract)
+
+
+def open_run_dir(run: Run) -> None:
+    """Create the run directory and write the resolved config, once every check has passed."""
+    if run.accelerator.is_main_process:
+        try:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            (run.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(run.cfg)))
+        except OSError as err:
+            raise DfkdError(f"cannot write the run directory {run.run_dir}: {err.strerror}; "
+                            f"set out_dir=WRITABLE_DIR") from err
+    prepare_run_dir(run.accelerator, run.run_dir, fresh=not run.candidates)
