@@ -11,14 +11,17 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from dfkd.models.cifar_resnet import PooledClassifier
+
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 
 
-class LeNet5(nn.Module):
+class LeNet5(PooledClassifier):
     """LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling; ``width`` scales every layer.
 
     ``features`` ends in a 1x1 map at 32x32 input, so there is no global pooling: the head is ``fc1``
-    (flatten, linear, ReLU: the pre-logits) and the classifier ``fc``.
+    (flatten, linear, ReLU: the pre-logits) and the classifier ``fc``. ``forward`` and ``get_classifier``
+    are the zoo's shared ones; the head and ``reset_classifier`` are LeNet's own.
     """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, width: float = 1.0, **_):
@@ -45,14 +48,6 @@ class LeNet5(nn.Module):
         """``fc1`` then the classifier; ``pre_logits`` returns ``fc1``'s ``head_hidden_size`` features."""
         x = self.fc1(x)
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        """The classifier module (``fc``)."""
-        return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new ``fc`` for ``num_classes`` (0: nn.Identity); ``global_pool`` is accepted for timm's
