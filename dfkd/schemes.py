@@ -7,15 +7,19 @@ cycle's updates skipped by the fp16 loss scaler (inf/NaN gradients).
 """
 from __future__ import annotations
 
+import inspect
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
 
+from dfkd.config import DfkdError
 from dfkd.losses import Adversarial, Priors, full
 from dfkd.onestage import one_stage_step, step_together
+from dfkd.pool import SamplePool
 
 
 @dataclass
@@ -32,6 +36,9 @@ class Parts:
     accelerator: object
     sample_z: Callable[[], torch.Tensor]
     max_scale: float = 10.0
+    pool: Optional[SamplePool] = None  # replay pool (dfkd/pool.py); None: every student step generates
+    pool_steps: int = 0  # extra student steps from the pool after each generating step
+    pool_fresh: float = 0.0  # fraction of a pool step's batch generated anew
 
 
 @contextmanager
@@ -47,10 +54,20 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 
 def student_step(parts: Parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """One student update on a fresh batch; generator and teacher run without autograd."""
+    """One student update on a fresh batch (generator and teacher without autograd), or, with a replay
+    pool holding a batch, on images drawn from it: no generator, no teacher, ``pool_fresh`` of it new."""
+    pool = parts.pool
+    fresh = len(z) if pool is None or pool.count < len(z) else round(parts.pool_fresh * len(z))
+    fresh = 2 if fresh == 1 else fresh  # the generator's train-mode BatchNorm needs two samples
     with torch.no_grad():
-        x = parts.generator(z)
-        t = parts.teacher(x)
+        x = parts.generator(z[:fresh]) if fresh else None
+        t = parts.teacher(x) if fresh else None
+    if pool is not None:
+        if fresh:
+            pool.add(x, t)
+        if fresh < len(z):
+            old_x, old_t = pool.sample(len(z) - fresh)
+            x, t = (old_x, old_t) if x is None else (torch.cat([x, old_x.to(x.dtype)]), torch.cat([t, old_t.to(t.dtype)]))
     loss = full(parts.adversarial.discrepancy(parts.student(x), t)).mean()
     parts.opt_s.zero_grad(set_to_none=True)
     parts.accelerator.backward(loss)
@@ -61,6 +78,8 @@ def generator_step(parts: Parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
     """One generator update: maximise the discrepancy (plus priors); the student's weights get no gradient."""
     x = parts.generator(z)
     t, prior_loss, metrics = parts.priors.teacher_forward(parts.teacher, x)
+    if parts.pool is not None:
+        parts.pool.add(x, t)
     with frozen(parts.student), parts.accelerator.no_sync(parts.student):
         d = parts.adversarial.discrepancy(parts.student(x), t)
         loss_g = parts.adversarial.generator_loss(full(d))
@@ -68,6 +87,16 @@ def generator_step(parts: Parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
         parts.accelerator.backward(loss_g + prior_loss)
     metrics.update(loss_g=loss_g.detach(), skipped=step_together(parts.accelerator, parts.opt_g))
     return metrics
+
+
+def replay(parts: Parts, made: int, metrics: Dict[str, torch.Tensor]) -> Tuple[int, Dict[str, torch.Tensor]]:
+    """After a generating step: ``pool_steps`` student steps from the pool (none without a pool)."""
+    skipped = metrics["skipped"]
+    for _ in range(parts.pool_steps if parts.pool is not None else 0):
+        skipped = skipped + student_step(parts, parts.sample_z())["skipped"]
+        made += 1
+    metrics["skipped"] = skipped
+    return made, metrics
 
 
 def two_stage(parts: Parts, k: int) -> Tuple[int, Dict[str, torch.Tensor]]:
@@ -78,12 +107,12 @@ def two_stage(parts: Parts, k: int) -> Tuple[int, Dict[str, torch.Tensor]]:
         skipped += metrics["skipped"]
     metrics.update(generator_step(parts, parts.sample_z()))
     metrics["skipped"] += skipped
-    return k, metrics
+    return replay(parts, k, metrics)
 
 
 def one_stage(parts: Parts, k: int = 1) -> Tuple[int, Dict[str, torch.Tensor]]:
     """OSGAN: one joint step (k is ignored: one student and one generator update per cycle)."""
-    return 1, one_stage_step(parts, parts.sample_z())
+    return replay(parts, 1, one_stage_step(parts, parts.sample_z()))
 
 
 def hybrid(parts: Parts, k: int) -> Tuple[int, Dict[str, torch.Tensor]]:
@@ -91,7 +120,38 @@ def hybrid(parts: Parts, k: int) -> Tuple[int, Dict[str, torch.Tensor]]:
     skipped = sum(student_step(parts, parts.sample_z())["skipped"] for _ in range(k - 1))
     metrics = one_stage_step(parts, parts.sample_z())
     metrics["skipped"] += skipped
-    return k, metrics
+    return replay(parts, k, metrics)
 
 
 SCHEMES = {"two_stage": two_stage, "one_stage": one_stage, "hybrid": hybrid}
+
+
+def schemes_with_k() -> Dict[str, bool]:
+    """Every scheme of ``SCHEMES`` (dfkd/schemes.py) and whether its name carries k: a scheme that
+    ignores k gives it a default (``one_stage(parts, k=1)``)."""
+    return {name: inspect.signature(step).parameters["k"].default is inspect.Parameter.empty
+            for name, step in SCHEMES.items()}
+
+
+def scheme_label(scheme: str, k: int) -> str:
+    """The name of a scheme in compare's tables and every run directory: one_stage, two_stage_k5, hybrid_k5."""
+    return f"{scheme}_k{k}" if schemes_with_k()[scheme] else scheme
+
+
+def parse_scheme(name: str) -> Tuple[str, int]:
+    """``two_stage_k5`` -> ("two_stage", 5); ``one_stage`` -> ("one_stage", 1); ``hybrid_k5`` -> ("hybrid", 5)."""
+    with_k = schemes_with_k()
+    base, _, k = name.rpartition("_k")
+    if with_k.get(name) is False:
+        return name, 1
+    if with_k.get(base) and re.fullmatch(r"[1-9][0-9]*", k):
+        return base, int(k)
+    names = ", ".join(f"{s}_kN" if takes_k else s for s, takes_k in with_k.items())
+    example = next(s for s, takes_k in with_k.items() if takes_k)
+    raise DfkdError(f"scheme '{name}' is not one of {names} (e.g. {example}_k5)")
+
+
+def cycle_updates(cfg) -> int:
+    """Student updates in one cycle of ``cfg``'s scheme: k (1 for one_stage), plus the pool steps."""
+    k = cfg.k if schemes_with_k()[cfg.scheme] else 1
+    return k + (cfg.pool.steps if cfg.pool.size else 0)

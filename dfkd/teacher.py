@@ -54,17 +54,6 @@ def _augment(x: torch.Tensor, flip: bool, pad: int, gen: torch.Generator) -> tor
     return x
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy in percent over a loader (single process)."""
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        correct += (model(x).argmax(1) == y).sum().item()
-        total += y.numel()
-    return 100.0 * correct / max(total, 1)
-
-
 def teacher_data(data, batch_size: int, seed: int) -> Tuple[DataLoader, DataLoader, bool]:
     """Train and test loaders of ``data.dataset`` and whether batches still need ``_augment``.
 
@@ -102,6 +91,8 @@ def train_teacher(name: str, data, epochs: int, out: str, seed: int = 0, lr: flo
     ``multistep`` (x0.1 at 40 % and 80 % of the steps, DFAD's StepLR(80) over 200 epochs); random-crop
     augmentation (and flips, on CIFAR and ImageFolder). ``max_steps`` > 0 stops early (smoke tests).
     """
+    from dfkd.evaluate import accuracy  # late: evaluate imports data, which this module's callers may not need
+
     if schedule not in ("cosine", "multistep"):
         raise DfkdError(f"schedule '{schedule}' is not cosine or multistep")
     torch.manual_seed(seed)
@@ -129,7 +120,8 @@ def train_teacher(name: str, data, epochs: int, out: str, seed: int = 0, lr: flo
             step += 1
             if step >= steps:
                 break
-        acc = accuracy(model, test)
+        with torch.no_grad():
+            acc = accuracy(model.eval(), test)[0]
         print(f"[teacher] epoch {epoch + 1}/{epochs} ({step} steps) loss {loss.item():.4f} test acc {acc:.2f}% "
               f"({time.time() - start:.0f}s)", flush=True)
     out_path = Path(out).expanduser()

@@ -125,8 +125,15 @@ def log_training(run: Run, state: RunState, metrics: Dict, factor: float, log: M
          "wall_s": round(state.wall_s, 3), "samples_per_s": round(samples_per_s, 1),
          "lr_s": run.base_lrs[0] * factor, "lr_g": run.base_lrs[1] * factor,
          "grad_norm_s": grad_norm(run.parts.student), "grad_norm_g": grad_norm(run.parts.generator),
-         "skipped_steps": state.skipped_steps, **values})
+         "skipped_steps": state.skipped_steps, **pool_metrics(run.parts.pool), **values})
     bar.set_postfix(loss_s=f"{values['loss_s']:.3f}", acc=f"{state.final_acc:.1f}", samples_s=f"{samples_per_s:.0f}")
+
+
+def pool_metrics(pool) -> Dict:
+    """How full the replay pool is, and its memory (no entries without a pool)."""
+    if pool is None:
+        return {}
+    return {"pool_images": pool.count, "pool_mb": round(pool.nbytes / 1e6, 1)}
 
 
 def evaluate_student(run: Run, state: RunState, log: MetricsLog, bar) -> None:
@@ -152,7 +159,10 @@ def checkpoint(run: Run, state: RunState, last_good):
     if not all(torch.isfinite(p).all() for p in [*student.parameters(), *generator.parameters()]):
         raise DfkdError(f"non-finite weights at student update {state.updates} (a gradient went "
                         f"non-finite); not saved; last good checkpoint: {last_good or 'none'}")
-    return save_checkpoint(run.accelerator, run.run_dir, asdict(state), run.z_rng, run.cfg.keep_checkpoints)
+    saved = asdict(state)
+    if run.parts.pool is not None:  # the pool and its sampling RNG: a resumed run replays the same images
+        saved["pool"] = run.parts.pool.state_dict()
+    return save_checkpoint(run.accelerator, run.run_dir, saved, run.z_rng, run.cfg.keep_checkpoints)
 
 
 def unwrap(run: Run, model: nn.Module) -> nn.Module:
@@ -206,6 +216,8 @@ def distill(cfg: Config) -> Dict:
     # Exact resume: weights, optimizers, RNGs and counters as they were at the end of a cycle
     last_good, saved = restore(accelerator, run.candidates, run.z_rng, explicit=cfg.resume not in ("auto", "none"))
     state = RunState.from_checkpoint(saved)
+    if run.parts.pool is not None and "pool" in saved:
+        run.parts.pool.load_state_dict(saved["pool"])
     if state.done and (run_dir / "summary.json").is_file():  # nothing left to do: keep the run's own summary
         accelerator.print(f"[dfkd] {run_dir} already finished (summary.json); resume=none starts it over")
         accelerator.end_training()

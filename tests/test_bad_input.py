@@ -82,6 +82,8 @@ CASES = {
     "per-sample loss with a BatchNorm student": (["teacher.name=wrn_16_1", "teacher.checkpoint={TMP}/wrn_16_1.safetensors",
                                                    "student.name=wrn_16_1", "data.channels=3", "loss=l1_log_sample"],
                                                   "wrn_16_1 has train-mode BatchNorm"),
+    "checkpoint named on the command line is missing (not trained instead)": (
+        ["teacher.checkpoint={TMP}/absent.safetensors"], "checkpoint '{TMP}/absent.safetensors' not found"),
     "missing checkpoint": (["teacher.checkpoint={TMP}/nope.safetensors", "teacher.train_if_missing=false"],
                            "checkpoint '{TMP}/nope.safetensors' not found"),
     "corrupt checkpoint": (["teacher.checkpoint={TMP}/corrupt.safetensors"], "cannot be read"),

@@ -1,4 +1,5 @@
-"""``dfkd compare``: the results files of a tiny real comparison, time-to-accuracy, scheme names and budgets.
+"""``dfkd compare``: the results files of a tiny real comparison, time-to-accuracy, scheme names, variants
+(an entry with its own overrides) and budgets.
 
 The end-to-end test needs no network and no cache: a 40-image fake MNIST (IDX files) and a random-init
 LeNet-5 teacher written into tmp_path stand in for the real data and teacher. Only file formats,
@@ -13,7 +14,9 @@ import struct
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from dfkd.build import run_dir_for
 from dfkd.compare import (
     FRACTIONS,
     budget_overrides,
@@ -21,12 +24,18 @@ from dfkd.compare import (
     main,
     parse_args,
     parse_scheme,
+    run_config,
+    run_folder,
     run_order,
+    scheme_label,
     time_to_accuracy,
 )
 from dfkd.config import DfkdError, load_config
+from dfkd.schemes import SCHEMES as SCHEME_FUNCTIONS
 
-SCHEMES = ["two_stage_k5", "one_stage"]
+VARIANT = "two_stage_k5+generator.lr=0.002"  # two_stage k=5 with its own generator learning rate
+SCHEMES = ["two_stage_k5", "one_stage", VARIANT]
+FOLDERS = {"two_stage_k5": "two_stage_k5", "one_stage": "one_stage", VARIANT: "two_stage_k5_generator.lr_0.002"}
 CSV_COLUMNS = (["scheme", "seeds", "teacher_acc", "student_final_acc_mean", "student_final_acc_std",
                 "student_best_acc_mean", "student_best_acc_std", "train_seconds_mean", "eval_seconds_mean",
                 "wall_seconds_mean", "student_updates_mean", "generator_updates_mean", "seconds_per_student_update"]
@@ -87,7 +96,11 @@ def test_compare_writes_table_csv_and_plot_with_one_line_per_scheme(tiny_recipe,
     assert main(argv) == 0
     for name in ("results.md", "results.csv", "accuracy_vs_time.png", "accuracy_vs_time.json"):
         assert (out / name).is_file(), name
-    summaries = {s: json.loads((out / "runs" / f"{s}-s0" / "summary.json").read_text()) for s in SCHEMES}
+    summaries = {s: json.loads((out / "runs" / f"{FOLDERS[s]}-s0" / "summary.json").read_text()) for s in SCHEMES}
+    generator_lrs = {s: OmegaConf.load(out / "runs" / f"{FOLDERS[s]}-s0" / "config.yaml").generator.lr
+                     for s in SCHEMES}
+    recipe_lr = load_config(tiny_recipe).generator.lr
+    assert recipe_lr != 0.002 and generator_lrs == {"two_stage_k5": recipe_lr, "one_stage": recipe_lr, VARIANT: 0.002}
 
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -104,7 +117,7 @@ def test_compare_writes_table_csv_and_plot_with_one_line_per_scheme(tiny_recipe,
             reached = row[f"tta{p}_reached"]
             assert reached in ("0/1", "1/1")
             assert (row[f"tta{p}_seconds_mean"] == "not reached") == (reached == "0/1")
-    assert [float(r["generator_updates_mean"]) for r in rows] == [2, 10]  # k=5: 10/5 cycles; one-stage: one each
+    assert [float(r["generator_updates_mean"]) for r in rows] == [2, 10, 2]  # k=5: 10/5 cycles; one-stage: one each
 
     text = (out / "results.md").read_text()
     head, body = read_markdown_table(text)
@@ -115,22 +128,23 @@ def test_compare_writes_table_csv_and_plot_with_one_line_per_scheme(tiny_recipe,
         assert MEAN_STD.match(cells[2]).group(1) == f"{float(row['student_final_acc_mean']):.2f}"
         assert MEAN_STD.match(cells[3])
         assert all(TTA_CELL.match(c) for c in cells[-3:]), cells[-3:]
-    assert "Warm-up excluded" in text and "Run order: two_stage_k5 s0, one_stage s0" in text
+    assert "Warm-up excluded" in text and f"Run order: two_stage_k5 s0, one_stage s0, {VARIANT} s0" in text
 
     assert (out / "accuracy_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = json.loads((out / "accuracy_vs_time.json").read_text())["lines"]
     teacher_acc = summaries["one_stage"]["teacher_acc"]
     assert [ln["label"] for ln in lines] == SCHEMES + [f"teacher ({teacher_acc:.2f}%)"]
-    for ln in lines[:2]:  # one point per evaluation: test accuracy against training seconds
-        evals = [json.loads(r) for r in (out / "runs" / f"{ln['label']}-s0" / "metrics.jsonl").read_text().splitlines()]
+    for ln in lines[:3]:  # one point per evaluation: test accuracy against training seconds
+        evals = [json.loads(r) for r in (out / "runs" / f"{FOLDERS[ln['label']]}-s0" / "metrics.jsonl").read_text()
+                 .splitlines()]
         evals = [e for e in evals if "test_acc" in e]
         assert ln["x"] == [e["train_s"] for e in evals] and ln["y"] == [e["test_acc"] for e in evals]
         assert len(evals) == 2
-    assert lines[2]["y"] == [teacher_acc, teacher_acc]
+    assert lines[3]["y"] == [teacher_acc, teacher_acc]
     # The PNG itself: decodes, and each scheme's line colour is drawn (line, markers, legend handle).
     image = matplotlib.image.imread(out / "accuracy_vs_time.png")[..., :3]
     assert image.shape == (540, 900, 3)
-    for ln in lines[:2]:
+    for ln in lines[:3]:
         rgb = torch.tensor([int(ln["color"][i:i + 2], 16) / 255 for i in (1, 3, 5)])
         close = (torch.from_numpy(image) - rgb).abs().amax(-1) < 0.02
         assert close.sum() >= 10, f"{ln['label']} ({ln['color']}) not visible in the PNG"
@@ -165,12 +179,56 @@ def test_parse_scheme_names():
     assert parse_scheme("hybrid_k12") == ("hybrid", 12)
 
 
+def test_every_scheme_has_a_name_and_its_name_parses_back():
+    for scheme in SCHEME_FUNCTIONS:
+        k = 1 if scheme == "one_stage" else 7  # one_stage ignores k (its function gives k a default)
+        assert parse_scheme(scheme_label(scheme, k)) == (scheme, k)
+    assert [scheme_label(s, 5) for s in SCHEME_FUNCTIONS] == ["two_stage_k5", "one_stage", "hybrid_k5"]
+
+
+def test_distill_and_compare_name_run_directories_the_same_way(tmp_path):
+    for entry in ("hybrid_k5", "two_stage_k1", "one_stage"):
+        compared = run_config([], entry, 3, tmp_path)
+        assert compared.run_name == f"{entry}-s3"
+        default = load_config([f"scheme={compared.scheme}", f"k={compared.k}", "seed=3", f"out_dir={tmp_path}"])
+        assert run_dir_for(default) == tmp_path / f"default-{entry}-s3"
+
+
+def test_an_entry_with_overrides_is_a_variant_of_its_scheme(tmp_path):
+    cfg = run_config(["generator.lr=0.01"], VARIANT, 0, tmp_path)
+    assert (cfg.scheme, cfg.k, cfg.generator.lr) == ("two_stage", 5, 0.002)  # the entry's own override wins
+    assert cfg.run_name == "two_stage_k5_generator.lr_0.002-s0" == f"{run_folder(VARIANT)}-s0"
+    entry = "hybrid_k5+data.root=/tmp/x+batch_size=64"
+    assert run_folder(entry) == "hybrid_k5_data.root__tmp_x_batch_size_64"  # no path separator in a folder name
+    assert parse_args([f"schemes=[{VARIANT},two_stage_k5]"])[0].schemes == [VARIANT, "two_stage_k5"]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("two_stage_k5+generator.lrr=0.002", "unknown key 'generator.lrr' in the command line; did you mean 'generator.lr'?"),
+    ("two_stage_k5+generator.lr=abc", "bad value for 'generator.lr'"),
+    ("two_stage_k5+generator.lr", "'generator.lr' in schemes entry 'two_stage_k5+generator.lr' is not key=value"),
+    ("two_stage_k5+seed=3", "'seed' in schemes entry 'two_stage_k5+seed=3' is set by compare"),
+    ("two_stage_k5+k=3", "'k' in schemes entry 'two_stage_k5+k=3' is set by compare"),
+    ("two_stage+generator.lr=0.002", "scheme 'two_stage' is not one of"),
+])
+def test_bad_override_in_an_entry_is_a_clear_error(entry, message, tmp_path):
+    with pytest.raises(DfkdError, match=re.escape(message)):
+        parse_args([f"schemes=[{entry}]"])
+        run_config([], entry, 0, tmp_path)
+
+
+def test_entries_that_would_share_a_run_folder_are_refused():
+    with pytest.raises(DfkdError, match=re.escape("would share run folders")):
+        parse_args(["schemes=[one_stage+data.root=/a,one_stage+data.root=_a]"])
+
+
 @pytest.mark.parametrize("name", ["two_stage", "two_stage_k0", "hybrid_k", "one_stage_k5", "dfad", "Two_stage_k5",
                                   "two_stage_k05"])
 def test_bad_scheme_name_is_a_clear_error(name):
-    with pytest.raises(DfkdError, match=re.escape(f"scheme '{name}' is not one_stage, two_stage_kN or hybrid_kN")):
+    expected = f"scheme '{name}' is not one of two_stage_kN, one_stage, hybrid_kN (e.g. two_stage_k5)"
+    with pytest.raises(DfkdError, match=re.escape(expected)):
         parse_scheme(name)
-    with pytest.raises(DfkdError, match="is not one_stage"):
+    with pytest.raises(DfkdError, match="is not one of"):
         parse_args([f"schemes=[one_stage,{name}]"])
 
 
@@ -190,7 +248,7 @@ def test_bad_budget_is_a_clear_error(budget, capsys):
         budget_overrides(budget)
     assert main([f"budget={budget}"]) == 2  # the command line: one line on stderr, no traceback
     err = capsys.readouterr().err
-    assert err.startswith("dfkd compare: error: ") and "budget" in err and "Traceback" not in err
+    assert err.startswith("dfkd: error: ") and "budget" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -220,8 +278,12 @@ def test_runs_are_seed_major_with_schemes_rotated():
 
 
 def test_budget_not_a_multiple_of_k_is_refused_before_any_run(tmp_path):
-    with pytest.raises(DfkdError, match=re.escape("must be multiples of k=5 (two_stage_k5)")):
+    with pytest.raises(DfkdError, match=re.escape("must be multiples of the 5 student updates of a two_stage_k5 cycle")):
         compare(["schemes=[one_stage,two_stage_k5]", "budget=updates:12", "eval_every=5", f"out={tmp_path}"])
+    # a pooled variant's cycle is k plus its pool steps: 5 + 2
+    with pytest.raises(DfkdError, match=re.escape("of the 7 student updates of a hybrid_k5+pool.size=500+pool.steps=2")):
+        compare(["schemes=[hybrid_k5+pool.size=500+pool.steps=2]", "budget=updates:10", "eval_every=5",
+                 f"out={tmp_path}"])
     assert not (tmp_path / "runs").exists()
 
 

