@@ -1,6 +1,6 @@
 """A teacher trained OUTSIDE dfkd, the way a user's own script would: the worked example of docs/own-teacher.md.
 
-    python teachers/example_own_teacher.py out=/tmp/own [arch=test_efficientnet] [steps=250] [test_images=2000]
+    python teachers/example_own_teacher.py out=runs/own [arch=test_efficientnet] [steps=250] [test_images=2000]
 
 Trains a timm network with ``in_chans=1`` on real MNIST with its own pipeline (28x28 resized bilinearly
 to 32x32, mean 0.2 / std 0.35: not ImageNet's, not dfkd's), then writes what such a user has:
