@@ -135,13 +135,15 @@ def check_teacher(cfg: Config, teacher_acc: float, contract: Contract, print_fn)
     chance = 100.0 / cfg.data.num_classes
     floor = min(2 * chance, (100 + chance) / 2)
     where = f"{cfg.data.dataset} {cfg.data.root if cfg.data.dataset == 'imagefolder' else 'test split'}"
+    card = (f"or correct its card {contract.card.name}" if contract.card
+            else "or give the teacher a card (docs/own-teacher.md)")
     if teacher_acc < floor and not cfg.teacher.allow_near_chance:
         raise DfkdError(
             f"teacher {cfg.teacher.name} scores {teacher_acc:.2f}% on {where}, near chance ({chance:.3g}%): its input "
             f"pipeline is probably wrong. Check data.mean/data.std (now {list(map(float, cfg.data.mean))}/"
             f"{list(map(float, cfg.data.std))}), resize/crop (data.image_size={cfg.data.image_size}, data.crop_pct="
             f"{cfg.data.crop_pct}, data.interpolation={cfg.data.interpolation}), data.channels={cfg.data.channels}, "
-            f"and the class order (data.classes); or give the teacher a card (docs/own-teacher.md); "
+            f"and the class order (data.classes); {card}; "
             f"teacher.allow_near_chance=true distils anyway")
     if contract.card_accuracy is not None and abs(contract.card_accuracy - teacher_acc) > 1.0:
         print_fn(f"[dfkd] warning: teacher {cfg.teacher.name} scores {teacher_acc:.2f}% here, its card "
