@@ -25,8 +25,6 @@ from typing import Any, Dict, List, Optional
 
 from dfkd.config import INTERPOLATIONS, Config, DfkdError
 
-KEYS = ("architecture", "channels", "num_classes", "image_size", "mean", "std", "interpolation", "crop_pct",
-        "classes", "accuracy")
 # What people call each field in the cards they write; the first name is timm's (or dfkd's).
 SPELLINGS = {
     "architecture": ("architecture", "arch", "model", "model_name", "timm_name"),
@@ -78,9 +76,12 @@ def find_card(teacher) -> Optional[Path]:
             raise DfkdError(f"teacher.card '{teacher.card}' not found; pass the JSON file describing the teacher "
                             f"or leave teacher.card unset")
         return path
-    if not teacher.checkpoint:
-        return None
-    ckpt = Path(teacher.checkpoint).expanduser()
+    return card_beside(teacher.checkpoint) if teacher.checkpoint else None
+
+
+def card_beside(checkpoint: str) -> Optional[Path]:
+    """The first card-like JSON file beside a checkpoint (``CARD_NAMES``), or None."""
+    ckpt = Path(checkpoint).expanduser()
     for pattern in CARD_NAMES:
         path = ckpt.parent / pattern.format(stem=ckpt.stem, name=ckpt.name)
         if path.is_file() and path != ckpt and isinstance(_load_json(path, quiet=True), dict):
@@ -182,8 +183,10 @@ def resolve(cfg: Config) -> Contract:
     if d.dataset in DATASET_CLASSES:
         take("num_classes", DATASET_CLASSES[d.dataset], f"dataset {d.dataset}")
     elif d.dataset == "imagefolder" and Path(d.root).expanduser().is_dir():
-        folders = [p for p in Path(d.root).expanduser().iterdir() if p.is_dir()]
-        take("num_classes", len(folders) or None, "class folders")
+        from dfkd.data import class_folders  # late: data needs torch
+
+        labels = class_folders(Path(d.root).expanduser(), d.classes).values()
+        take("num_classes", len(d.classes) if d.classes else max(labels, default=-1) + 1 or None, "class folders")
     arch_label = f"{cfg.teacher.name}'s timm pretrained_cfg"
     size = arch.get("input_size") or (3, 224, 224)
     take("channels", size[0], arch_label)

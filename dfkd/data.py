@@ -116,12 +116,11 @@ class ImageFolder(Dataset):
         if not path.is_dir():
             raise DfkdError(f"data.root '{path}' is not a directory; point it at an ImageFolder "
                             "(one sub-folder per class, e.g. ImageNet val)")
-        folders = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not folders:
+        index = class_folders(path, data.classes)
+        if not index:
             raise DfkdError(f"data.root '{path}' holds no class sub-folders; an ImageFolder has one sub-folder "
                             f"per class with the images inside")
-        index = class_index(folders, data.classes, path)
-        self.samples = [(f, index[name]) for name in folders if name in index
+        self.samples = [(f, label) for name, label in index.items()
                         for f in sorted((path / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
         if not self.samples:
             raise DfkdError(f"data.root '{path}' holds no image files in its class folders "
@@ -153,8 +152,10 @@ class ImageFolder(Dataset):
         return to_model_input(x, self.data, self.normalize)[0], label
 
 
-def class_index(folders, classes, path: Path) -> dict:
-    """Folder name -> label (see ImageFolder): named order, else numeric names as labels, else sorted order."""
+def class_folders(path: Path, classes=None) -> dict:
+    """Class folder name -> label, sorted by name (see ImageFolder): the order of ``classes`` if given, else
+    numeric names as labels, else sorted order. Hidden folders are not classes."""
+    folders = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if classes:
         unknown = sorted(set(folders) - set(classes))
         if unknown:

@@ -7,7 +7,6 @@ or a Lightning-style wrapper loads as it is.
 """
 from __future__ import annotations
 
-import json
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -19,10 +18,10 @@ from torch import nn
 
 import dfkd.models  # noqa: F401  (registers dfkd's networks in timm)
 from dfkd.config import DfkdError
+from dfkd.contract import card_beside, read_card
 
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net", "student", "teacher", "module", "ema")
 PREFIXES = ("module.", "_orig_mod.", "model.")
-
 
 
 def filter_checkpoint(state: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -129,12 +128,12 @@ def load_weights(model: nn.Module, path: str, what: str = "teacher") -> None:
     if not (missing or unexpected) and differs == {conv} and state[conv].shape[1] != own[conv].shape[1]:
         raise DfkdError(f"{what} checkpoint '{path}' takes {state[conv].shape[1]}-channel images, {arch} was built "
                         f"for {own[conv].shape[1]}: set data.channels={state[conv].shape[1]}")
-    card = Path(path).expanduser().with_suffix(".json")
     arch_hint = ""
-    if card.is_file():  # teachers/train.py writes the architecture beside the weights
+    card = card_beside(path)  # teachers/train.py, and most users' scripts, write the architecture beside the weights
+    if card is not None:
         try:
-            arch_hint = f"its card {card.name} says {json.loads(card.read_text()).get('architecture')}; "
-        except (ValueError, AttributeError):
+            arch_hint = f"its card {card.name} says {read_card(card).get('architecture')}; "
+        except DfkdError:
             pass
     parts = []
     if shapes:
