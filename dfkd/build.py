@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader
 from dfkd.checkpoint import prepare_run_dir, resume_candidates
 from dfkd.config import Config, DfkdError
 from dfkd.contract import Contract, resolve
+from dfkd.ema import StudentEMA
 from dfkd.evaluate import evaluate, test_loader
-from dfkd.losses import ADVERSARIAL, Priors
+from dfkd.losses import ADVERSARIAL, Priors, bn_prior_weight
 from dfkd.models import Generator
 from dfkd.pool import make_pool
 from dfkd.schemes import Parts, scheme_label
@@ -43,6 +44,7 @@ class Run:
     base_lrs: List[float]
     teacher_acc: float
     contract: Contract
+    ema: Optional[StudentEMA] = None  # student.ema > 0: the averaged student, evaluated and exported
 
 
 def run_dir_for(cfg: Config) -> Path:
@@ -158,9 +160,14 @@ def build(cfg: Config) -> Run:
     contract = resolve(cfg)  # fills data.* / teacher.name left null: config.yaml records the resolved values
     set_seed(cfg.seed)
     run_dir = run_dir_for(cfg)
-    candidates = resume_candidates(cfg, run_dir)  # refuses a run directory made with another config
     with accelerator.main_process_first():  # only one process trains a missing teacher
         teacher = build_teacher(cfg)
+    if cfg.priors.bn is None:  # the rule: on iff the teacher has BatchNorm; config.yaml records the value
+        cfg.priors.bn = bn_prior_weight(None, teacher)
+        if cfg.priors.bn:
+            accelerator.print(f"[dfkd] {cfg.teacher.name} has BatchNorm: BN-statistics prior on (priors.bn="
+                              f"{cfg.priors.bn}; priors.bn=0 turns it off)")
+    candidates = resume_candidates(cfg, run_dir)  # refuses a run directory made with another config
     student = create_model(cfg.student.name, cfg.data.num_classes, in_chans=cfg.data.channels)
     generator = Generator(cfg.generator.nz, cfg.generator.ngf, cfg.data.image_size, cfg.data.channels)
     check_models(cfg, teacher, student, generator, contract)
@@ -180,12 +187,14 @@ def build(cfg: Config) -> Run:
     parts = Parts(student, teacher, generator, opt_s, opt_g, ADVERSARIAL[cfg.loss], priors, accelerator,
                   lambda: torch.randn(local_batch, cfg.generator.nz, generator=z_rng, device=accelerator.device),
                   cfg.max_scale, pool, cfg.pool.steps, cfg.pool.fresh)
+    ema = StudentEMA(accelerator.unwrap_model(student, keep_torch_compile=False), cfg.student.ema) \
+        if cfg.student.ema else None
     teacher_acc = evaluate(teacher, loader, accelerator)
     accelerator.print(f"[dfkd] input: {contract.describe(cfg)}")
     for warning in contract.warnings:
         accelerator.print(f"[dfkd] warning: {warning}")
     check_teacher(cfg, teacher_acc, contract, accelerator.print)
-    return Run(cfg, accelerator, parts, loader, run_dir, candidates, z_rng, base_lrs, teacher_acc, contract)
+    return Run(cfg, accelerator, parts, loader, run_dir, candidates, z_rng, base_lrs, teacher_acc, contract, ema)
 
 
 def open_run_dir(run: Run) -> None:

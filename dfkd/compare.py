@@ -23,6 +23,7 @@ import shlex
 import statistics
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -36,7 +37,7 @@ from dfkd.cli import one_line_errors
 from dfkd.config import Config, DfkdError, load_config
 from dfkd.schemes import cycle_updates, parse_scheme, scheme_label
 
-FRACTIONS = (0.90, 0.95, 0.97)  # time-to-accuracy thresholds, as fractions of the teacher's accuracy
+FRACTIONS = (0.90, 0.95, 0.97, 0.99)  # time-to-accuracy thresholds, as fractions of the teacher's accuracy
 TTA = {f: f"tta{round(f * 100)}" for f in FRACTIONS}  # their results.csv column prefix
 SET_BY_COMPARE = ("scheme", "k", "run_name", "out_dir")
 SET_PER_RUN = (*SET_BY_COMPARE, "seed")  # an entry's own overrides may not set these
@@ -218,7 +219,7 @@ budget {budget}, evaluation every {base.eval_every} student updates, {cfg.seeds}
 - *train s* is the training clock: time inside the step functions only (dfkd/trainer.py); test-set evaluation is
   timed apart (*eval s*) and excluded from train s, ms / student update and time-to-accuracy. On CUDA the trainer
   synchronises the device before it reads the clock. *wall s*: a run's whole loop, evaluation included.
-- Time-to-accuracy: training seconds at the first evaluation whose test accuracy reaches 90 / 95 / 97 % of the
+- Time-to-accuracy: training seconds at the first evaluation whose test accuracy reaches 90 / 95 / 97 / 99 % of the
   teacher's; resolution is one evaluation interval; mean over the seeds that reached it.
 - Whole comparison: {total_s:.0f} s. Per run: runs/<entry>-s<seed>/ (config.yaml, metrics.jsonl, summary.json).
 """
@@ -226,29 +227,36 @@ budget {budget}, evaluation every {base.eval_every} student updates, {cfg.seeds}
 
 
 def plot_accuracy_vs_time(by_scheme: Dict[str, List[Dict]], teacher_acc: float, path: Path) -> List[Dict]:
-    """Test accuracy against training seconds, per scheme the mean over seeds (evaluations matched by index),
-    shaded min-max; the teacher as a horizontal line. Returns the lines as drawn: label, colour, x, y."""
+    """Test accuracy against training seconds (left) and against student updates (right), per scheme the mean
+    over seeds (evaluations matched by index), shaded min-max; the teacher as a horizontal line. Returns the
+    lines of the left panel as drawn: label, colour, x, y."""
     from matplotlib.colors import to_hex
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
-    fig = Figure(figsize=(7.5, 4.5))
-    ax = fig.subplots()
+    fig = Figure(figsize=(13, 4.5))
+    by_time, by_update = fig.subplots(1, 2)
     for name, runs in by_scheme.items():
         n = min(len(r["evaluations"]) for r in runs)
-        x = [statistics.mean(r["evaluations"][i]["train_s"] for r in runs) for i in range(n)]
         accs = [[r["evaluations"][i]["test_acc"] for r in runs] for i in range(n)]
-        (line,) = ax.plot(x, [statistics.mean(a) for a in accs], marker="o", markersize=3, label=name)
-        ax.fill_between(x, [min(a) for a in accs], [max(a) for a in accs], color=line.get_color(), alpha=0.2, lw=0)
-    ax.axhline(teacher_acc, color="black", linestyle="--", linewidth=1, zorder=1, label=f"teacher ({teacher_acc:.2f}%)")
-    ax.set_xlabel("training seconds (evaluation excluded)")
-    ax.set_ylabel("student test accuracy (%)")
-    ax.set_xlim(left=0)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+        for ax, key in ((by_time, "train_s"), (by_update, "update")):
+            x = [statistics.mean(r["evaluations"][i][key] for r in runs) for i in range(n)]
+            (line,) = ax.plot(x, [statistics.mean(a) for a in accs], marker="o", markersize=3, label=name)
+            ax.fill_between(x, [min(a) for a in accs], [max(a) for a in accs], color=line.get_color(), alpha=0.2,
+                            lw=0)
+    for ax, label in ((by_time, "training seconds (evaluation excluded)"), (by_update, "student updates")):
+        ax.axhline(teacher_acc, color="black", linestyle="--", linewidth=1, zorder=1,
+                   label=f"teacher ({teacher_acc:.2f}%)")
+        ax.set_xlabel(label)
+        ax.set_ylabel("student test accuracy (%)")
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+    handles, labels = by_time.get_legend_handles_labels()  # long entries (scheme+overrides) wrap at each +
+    by_time.legend(handles, [textwrap.fill(label.replace("+", " +"), 48).replace(" +", "+") for label in labels],
+                   loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return [{"label": ln.get_label(), "color": to_hex(ln.get_color()), "x": [float(v) for v in ln.get_xdata()],
-             "y": [float(v) for v in ln.get_ydata()]} for ln in ax.get_lines()]
+             "y": [float(v) for v in ln.get_ydata()]} for ln in by_time.get_lines()]
 
 
 def run_all(cfg: CompareConfig, recipe: List[str], plan: List[Tuple[int, str, Config]]) -> List[Dict]:

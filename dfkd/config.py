@@ -44,7 +44,7 @@ class Choice(str, Enum):
 
 
 Optimizer = Choice("Optimizer", {"sgd": "sgd", "adam": "adam"})
-Dataset = Choice("Dataset", {n: n for n in ("mnist", "cifar10", "cifar100", "imagefolder")})
+Dataset = Choice("Dataset", {n: n for n in ("mnist", "digits", "cifar10", "cifar100", "imagefolder")})
 Interpolation = Choice("Interpolation", {n: n for n in ("bilinear", "bicubic", "nearest")})
 LrSchedule = Choice("LrSchedule", {n: n for n in ("cosine", "step", "constant")})
 MixedPrecision = Choice("MixedPrecision", {n: n for n in ("no", "bf16", "fp16")})
@@ -74,6 +74,8 @@ class StudentConfig:
     lr: float = key(0.1, "student learning rate (SGD 0.1, as in DFAD)")
     momentum: float = key(0.9, "SGD momentum")
     weight_decay: float = key(5e-4, "weight decay")
+    ema: float = key(0.0, "decay per student update of a weight-averaged (EMA) student, evaluated, kept and exported "
+                          "in place of the trained one; 0: off")
 
 
 @dataclass
@@ -91,7 +93,8 @@ class GeneratorConfig:
 class PriorsConfig:
     """Weights of optional generator priors (0 = off); generator-only terms, never reversed."""
 
-    bn: float = key(0.0, "BatchNorm-statistics matching on the teacher's BN layers (DeepInversion/CMI)")
+    bn: Optional[float] = key(None, "BatchNorm-statistics matching on the teacher's BN layers (DeepInversion/DFQ); "
+                                    "null: BN_PRIOR if the teacher has BatchNorm, else 0")
     oh: float = key(0.0, "one-hot cross-entropy of the teacher's prediction (DAFL)")
     ie: float = key(0.0, "information entropy of the batch-mean teacher prediction: class balance (DAFL)")
 
@@ -265,7 +268,9 @@ def validate(cfg: Config) -> None:
     _require(cfg.generator.joint_lr is None or cfg.generator.joint_lr > 0,
              f"generator.joint_lr must be > 0 or null, got {cfg.generator.joint_lr}")
     for name in ("bn", "oh", "ie"):
-        _require(getattr(cfg.priors, name) >= 0, f"priors.{name} must be >= 0")
+        _require(getattr(cfg.priors, name) is None or getattr(cfg.priors, name) >= 0,
+                 f"priors.{name} must be >= 0")
+    _require(0 <= cfg.student.ema < 1, f"student.ema must be in [0, 1) (0: off), got {cfg.student.ema}")
     _require(cfg.eval_every >= 1 and cfg.log_every >= 1, "eval_every and log_every must be >= 1")
     _require(cfg.pool.size >= 0 and cfg.pool.steps >= 0, "pool.size and pool.steps must be >= 0")
     _require(0 <= cfg.pool.fresh <= 1, f"pool.fresh must be in [0, 1], got {cfg.pool.fresh}")

@@ -41,7 +41,7 @@ SPELLINGS = {
 }
 NESTED = ("pretrained_cfg", "normalization", "normalize", "preprocessing", "data_config", "input")
 CARD_NAMES = ("{stem}.json", "{name}.json", "{stem}.card.json", "{stem}_card.json", "card.json", "config.json")
-DATASET_CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
+DATASET_CLASSES = {"mnist": 10, "digits": 10, "cifar10": 10, "cifar100": 100}
 
 
 @dataclass

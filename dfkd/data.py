@@ -4,7 +4,8 @@ The generator and the student never see these; only the teacher's training
 (``teachers/train.py``) and test-accuracy evaluation do. Each loader first takes
 files already under ``root``, then torchvision's normal download, and otherwise fails
 with one line saying how to get the data. When that download fails for MNIST, the
-package-registry fallback in dfkd/offline.py is tried before giving up.
+package-registry fallback in dfkd/offline.py is tried before giving up. sklearn's digits
+ship inside scikit-learn: nothing to download.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dfkd.config import IMAGE_SUFFIXES, DfkdError
 from dfkd.offline import fetch_mnist_offline
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DIGITS_TRAIN = 1197  # sklearn's digits have no official split: the first 1,197 images train, the last 600 test
 
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
@@ -93,7 +95,21 @@ def _cifar(num_classes: int):
     return load
 
 
-LOADERS = {"mnist": _mnist, "cifar10": _cifar(10), "cifar100": _cifar(100)}
+def _digits(root: Path, train: bool, download: bool):
+    """sklearn's 1,797 real 8x8 digits (UCI), pixels 0-16 scaled to 0-255; a fixed split, file order."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise DfkdError("data.dataset=digits needs scikit-learn: pip install scikit-learn "
+                        "(or pip install \"dfkd[digits]\")") from err
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).mul(255 / 16).round().to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(digits.target)
+    part = slice(None, DIGITS_TRAIN) if train else slice(DIGITS_TRAIN, None)
+    return images[part].contiguous(), labels[part]
+
+
+LOADERS = {"mnist": _mnist, "digits": _digits, "cifar10": _cifar(10), "cifar100": _cifar(100)}
 
 
 def tensor_dataset(data, train: bool, normalize: bool = True) -> TensorDataset:

@@ -99,6 +99,16 @@ def entropy_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
     return (p * torch.log(p.clamp_min(1e-12))).sum()
 
 
+BN_PRIOR = 1.0  # priors.bn=null: this weight when the teacher has BatchNorm layers, as CMI weighs it
+
+
+def bn_prior_weight(bn: Optional[float], teacher: nn.Module) -> float:
+    """``priors.bn``, or when null the rule: ``BN_PRIOR`` for a teacher with BatchNorm layers, else 0."""
+    if bn is not None:
+        return bn
+    return BN_PRIOR if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in teacher.modules()) else 0.0
+
+
 class BNStatsPrior:
     """DeepInversion/CMI prior: batch statistics at each teacher BatchNorm input match its running stats.
 
@@ -135,7 +145,7 @@ class Priors:
     """The weighted sum of the generator priors switched on in the recipe (see PriorsConfig)."""
 
     def __init__(self, weights, teacher: nn.Module):
-        self.bn_w, self.oh_w, self.ie_w = weights.bn, weights.oh, weights.ie
+        self.bn_w, self.oh_w, self.ie_w = bn_prior_weight(weights.bn, teacher), weights.oh, weights.ie
         self.bn = BNStatsPrior(teacher) if self.bn_w > 0 else None
 
     @property

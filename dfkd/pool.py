@@ -51,7 +51,9 @@ class SamplePool:
         return self.images[idx], self.logits[idx]
 
     def state_dict(self) -> Dict:
-        return {"images": self.images[:self.count].cpu(), "logits": self.logits[:self.count].cpu(),
+        # copies, not views: torch.save writes a view's whole storage, i.e. the full capacity
+        return {"images": self.images[:self.count].to("cpu", copy=True),
+                "logits": self.logits[:self.count].to("cpu", copy=True),
                 "next": self.next, "rng": self.rng.get_state()}
 
     def load_state_dict(self, state: Dict) -> None:

@@ -107,6 +107,8 @@ def train_cycle(run: Run, state: RunState, last_good) -> Dict:
     cfg, accelerator = run.cfg, run.accelerator
     tick = time.perf_counter()
     made, metrics = SCHEMES[cfg.scheme](run.parts, cfg.k)
+    if run.ema is not None:
+        run.ema.update(state.updates + made, made)
     if accelerator.device.type == "cuda":
         torch.cuda.synchronize()
     state.train_s += time.perf_counter() - tick
@@ -136,18 +138,26 @@ def pool_metrics(pool) -> Dict:
     return {"pool_images": pool.count, "pool_mb": round(pool.nbytes / 1e6, 1)}
 
 
+def kept_student(run: Run) -> nn.Module:
+    """The student that is evaluated, saved and exported: the weight average when student.ema > 0."""
+    return run.ema.module if run.ema is not None else unwrap(run, run.parts.student)
+
+
 def evaluate_student(run: Run, state: RunState, log: MetricsLog, bar) -> None:
-    """Test accuracy now (final) and the best so far, whose weights are kept as student_best.safetensors."""
+    """Test accuracy now (final) and the best so far, whose weights are kept as student_best.safetensors;
+    with an EMA student, also the trained student's own accuracy (``test_acc_trained``)."""
     tick = time.perf_counter()
-    state.final_acc = evaluate(run.parts.student, run.loader, run.accelerator)
+    state.final_acc = evaluate(kept_student(run), run.loader, run.accelerator)
+    trained = {} if run.ema is None else {
+        "test_acc_trained": evaluate(run.parts.student, run.loader, run.accelerator)}
     state.eval_s += time.perf_counter() - tick
     main = run.accelerator.is_main_process
     if state.final_acc > state.best_acc:
         state.best_acc, state.best_update = state.final_acc, state.updates
         if main:
-            save_weights(unwrap(run, run.parts.student), run.run_dir / "student_best.safetensors")
+            save_weights(kept_student(run), run.run_dir / "student_best.safetensors")
     log({"update": state.updates, "train_s": round(state.train_s, 3), "test_acc": state.final_acc,
-         "best_acc": state.best_acc})
+         "best_acc": state.best_acc, **trained})
     if main:
         bar.write(f"[dfkd] update {state.updates}: student test acc {state.final_acc:.2f}% (best "
                   f"{state.best_acc:.2f}%), train {state.train_s:.1f}s")
@@ -162,6 +172,8 @@ def checkpoint(run: Run, state: RunState, last_good):
     saved = asdict(state)
     if run.parts.pool is not None:  # the pool and its sampling RNG: a resumed run replays the same images
         saved["pool"] = run.parts.pool.state_dict()
+    if run.ema is not None:
+        saved["ema"] = run.ema.state_dict()
     return save_checkpoint(run.accelerator, run.run_dir, saved, run.z_rng, run.cfg.keep_checkpoints)
 
 
@@ -175,7 +187,8 @@ def finish(run: Run, state: RunState, log: MetricsLog) -> Dict:
     cfg, accelerator, run_dir = run.cfg, run.accelerator, run.run_dir
     summary = {
         "recipe": cfg.recipe, "scheme": cfg.scheme, "k": cfg.k, "loss": cfg.loss, "seed": cfg.seed,
-        "teacher": cfg.teacher.name, "student": cfg.student.name, "teacher_acc": run.teacher_acc,
+        "teacher": cfg.teacher.name, "student": cfg.student.name, "student_ema": cfg.student.ema,
+        "teacher_acc": run.teacher_acc,
         "teacher_card_acc": run.contract.card_accuracy,
         "student_final_acc": state.final_acc, "student_best_acc": state.best_acc, "best_at_update": state.best_update,
         "student_updates": state.updates, "generator_updates": state.cycles,
@@ -186,7 +199,7 @@ def finish(run: Run, state: RunState, log: MetricsLog) -> Dict:
     }
     log.close()
     if accelerator.is_main_process:
-        save_weights(unwrap(run, run.parts.student), run_dir / "student.safetensors")
+        save_weights(kept_student(run), run_dir / "student.safetensors")
         save_weights(unwrap(run, run.parts.generator), run_dir / "generator.safetensors")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.export:  # as `dfkd export RUN_DIR`: every format, parity-checked, into run_dir/export
@@ -218,6 +231,8 @@ def distill(cfg: Config) -> Dict:
     state = RunState.from_checkpoint(saved)
     if run.parts.pool is not None and "pool" in saved:
         run.parts.pool.load_state_dict(saved["pool"])
+    if run.ema is not None and "ema" in saved:
+        run.ema.load_state_dict(saved["ema"])
     if state.done and (run_dir / "summary.json").is_file():  # nothing left to do: keep the run's own summary
         accelerator.print(f"[dfkd] {run_dir} already finished (summary.json); resume=none starts it over")
         accelerator.end_training()

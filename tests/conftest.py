@@ -6,6 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# Tests of mechanics (cycle lengths, checkpoints, resume, processes) run dfkd 0.1's default recipe: the same
+# models, DFAD's plain step and MNIST student optimizer, no replay pool, no weight-averaged student, no class
+# prior. The default recipe's own choices are tested where they are the subject (test_pool.py,
+# test_students.py, test_recipes.py, test_digits.py).
+PLAIN = ["recipe=default_v01"]
+
 # The default recipe's teacher: LeNet-5 trained on real MNIST, cached where recipes/default.yaml looks.
 TEACHER = Path("~/.cache/dfkd/teachers/lenet5_mnist.safetensors").expanduser()
 

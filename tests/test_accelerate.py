@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import PLAIN
 from safetensors.torch import load_file
 
 from dfkd import evaluate as evaluation  # (its test_loader would be collected as a test)
@@ -47,7 +48,7 @@ sys.exit(main(sys.argv[2:]))
 '''
 # eval_batch_size 1500: 7 test batches over 2 ranks, so one rank gets a padded batch that
 # gather_for_metrics must drop for the accuracy to be the single-process one
-ARGS = ["scheme=one_stage", "student_updates=4", "batch_size=16", "generator.ngf=8", "logger=none", "eval_every=4",
+ARGS = [*PLAIN, "scheme=one_stage", "student_updates=4", "batch_size=16", "generator.ngf=8", "logger=none", "eval_every=4",
         "checkpoint_every=0", "data.eval_batch_size=1500", "run_name=ddp"]
 
 

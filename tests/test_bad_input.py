@@ -62,6 +62,7 @@ CASES = {
     "k < 1": (["scheme=two_stage", "k=0"], "k must be >= 1, got 0"),
     "unknown scheme": (["scheme=three_stage"], "scheme 'three_stage' is not one of two_stage, one_stage, hybrid"),
     "negative checkpoint_every": (["checkpoint_every=-5"], "checkpoint_every must be >= 0"),
+    "EMA decay of 1": (["student.ema=1"], "student.ema must be in [0, 1) (0: off), got 1.0"),
     "class-count mismatch": (["data.num_classes=100"], "has 10 classes, lenet5 was built with 100"),
     "input size mismatch": (["data.image_size=28"], "teacher lenet5 cannot take generated images of shape (1, 28, 28)"),
     "channel mismatch": (["data.channels=3"], "takes 1-channel images, lenet5 was built for 3: set data.channels=1"),

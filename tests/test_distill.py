@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import PLAIN
 
 from dfkd import evaluate as dfkd_evaluate  # not `import test_loader`: pytest would collect it
 from dfkd.config import load_config
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("mnist_teacher", "one_thread")
 
 
 def test_short_one_stage_run_lifts_the_student_far_above_chance_and_its_untrained_self(tmp_path):
-    cfg = load_config(["scheme=one_stage", "student_updates=500", "eval_every=250", "checkpoint_every=0",
+    cfg = load_config([*PLAIN, "scheme=one_stage", "student_updates=500", "eval_every=250", "checkpoint_every=0",
                        "logger=none", f"out_dir={tmp_path}"])
     summary = distill(cfg)
 

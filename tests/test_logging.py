@@ -6,13 +6,14 @@ import math
 
 import pytest
 import torch
+from conftest import PLAIN
 
 from dfkd.config import load_config
 from dfkd.losses import class_perplexity
 from dfkd.trainer import distill
 
 pytestmark = pytest.mark.usefixtures("mnist_teacher", "one_thread", "fresh_accelerator_state")
-TINY = ["scheme=one_stage", "student_updates=6", "log_every=3", "eval_every=6", "batch_size=16", "generator.ngf=8",
+TINY = [*PLAIN, "scheme=one_stage", "student_updates=6", "log_every=3", "eval_every=6", "batch_size=16", "generator.ngf=8",
         "generator.nz=32", "student.lr=0.01", "generator.lr=1e-3", "lr_schedule=constant", "checkpoint_every=0",
         "data.eval_batch_size=2000", "run_name=r"]
 

@@ -80,7 +80,7 @@ def test_one_stage_gradients_equal_two_stage(case):
 
 def test_one_stage_generator_gradient_matches_autograd_reference():
     """Independent of dfkd's two-stage code: -dL/dtheta_G from plain autograd, L1 plus priors."""
-    priors = PriorsConfig(oh=0.5, ie=1.0)
+    priors = PriorsConfig(bn=0.0, oh=0.5, ie=1.0)
     parts = make_parts("l1", True, priors)
     z = torch.randn(16, NZ, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     x = parts.generator(z)

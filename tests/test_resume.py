@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import PLAIN
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from torch import nn
@@ -33,11 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.usefixtures("mnist_teacher"),  # trained and cached first (conftest)
               pytest.mark.usefixtures("one_thread")]
 
-TINY = ["student_updates=40", "checkpoint_every=10", "eval_every=20", "log_every=5", "batch_size=16",
+TINY = [*PLAIN, "student_updates=40", "checkpoint_every=10", "eval_every=20", "log_every=5", "batch_size=16",
         "generator.ngf=8", "generator.nz=32", "logger=none", "run_name=r"]
 SCHEMES = {"one_stage": ["scheme=one_stage"], "two_stage k=5": ["scheme=two_stage", "k=5"],
-           # 3 student steps (from the pool once it holds a batch), a joint step, 1 more pool step: 5 per cycle
-           "hybrid k=4 with replay pool": ["scheme=hybrid", "k=4", "pool.size=64", "pool.steps=1", "pool.fresh=0.25"]}
+           # 3 student steps (from the pool once it holds a batch), a joint step, 1 more pool step: 5 per cycle;
+           # student.safetensors is then the weight-averaged student, whose average the checkpoint carries
+           "hybrid k=4, replay pool, EMA student": ["scheme=hybrid", "k=4", "pool.size=64", "pool.steps=1",
+                                                    "pool.fresh=0.25", "student.ema=0.9"]}
 
 
 def run(args: list, out: Path) -> Path:

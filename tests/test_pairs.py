@@ -1,0 +1,54 @@
+"""benchmarks/pairs.py without training: its pair table, the runs it would start, what it reads back."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    spec = importlib.util.spec_from_file_location("benchmarks_pairs", REPO / "benchmarks" / "pairs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_help_lists_the_pair_selection():
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pairs.py"), "--help"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and "--pairs" in done.stdout and "--dataset" in done.stdout
+
+
+def test_every_pair_builds_one_channel_32x32_models_with_10_classes(pairs, one_thread):
+    assert {p for d in pairs.DATASETS.values() for p in d["pairs"]} <= set(pairs.PAIRS)
+    for name in {m for teacher, student, _ in pairs.PAIRS.values() for m in (teacher, student)}:
+        model = pairs.create_model(name, 10, in_chans=1).eval()
+        with torch.no_grad():
+            assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10), name
+
+
+def test_pairs_differ_only_in_teacher_checkpoint_student_and_seed(pairs):
+    jobs = pairs.distillations(["resnet", "lenet"], [0, 1], "~/t", "digits")
+
+    assert [(label, seed) for label, seed, _ in jobs] == [("resnet", 0), ("resnet", 1), ("lenet", 0), ("lenet", 1)]
+    assert jobs[0][2] == ["teacher.name=test_resnet", "teacher.checkpoint=~/t/test_resnet_digits32.safetensors",
+                          "teacher.train_if_missing=false", "student.name=lenet5_half", "seed=0"]
+    with pytest.raises(ValueError, match="unknown pair 'nope'"):
+        pairs.select(["nope"], "mnist")
+
+
+def test_gen_classes_are_read_from_the_training_records_after_the_first_evaluation(pairs, tmp_path):
+    records = [{"update": 25, "gen_classes": 3.0}, {"update": 25, "test_acc": 10.0},
+               {"update": 50, "gen_classes": 7.0}, {"update": 50, "test_acc": 20.0}, {"update": 75, "gen_classes": 9.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    assert pairs.gen_classes(tmp_path) == [7.0, 9.0]
+    assert pairs.gen_classes(tmp_path / "absent") == []
