@@ -30,7 +30,7 @@ from typing import Dict, List, Tuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # dfkd, and sweep.py when imported (tests), not run
 from step_cost import write_results  # noqa: E402
-from sweep import read_run, run_variant  # noqa: E402
+from sweep import reported_run, run_variant  # noqa: E402
 
 from dfkd.compare import machine_description, mean_std  # noqa: E402
 from dfkd.weights import create_model  # noqa: E402
@@ -212,12 +212,8 @@ def main(argv: List[str] | None = None) -> int:
     def distill(job: Tuple[str, int, List[str]]) -> Dict:
         label, seed, overrides = job
         name = f"{label}-s{seed}"
-        if args.report:  # the run's own files; one without a summary did not finish
-            run = {"label": name, "overrides": overrides, **read_run(out / name)}
-            if "summary" not in run:
-                run["error"] = f"no summary.json in {(out / name).relative_to(REPO)}"
-        else:
-            run = run_variant(name, base, overrides, out, args.threads)
+        run = (reported_run(name, overrides, out) if args.report
+               else run_variant(name, base, overrides, out, args.threads))
         return {**run, "pair": label, "seed": seed, "gen_classes": gen_classes(out / name)}
 
     with ThreadPoolExecutor(1 if args.report else args.jobs) as pool:

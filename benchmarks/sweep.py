@@ -47,6 +47,14 @@ def run_variant(label: str, base: List[str], overrides: List[str], out: Path, th
     return run
 
 
+def reported_run(label: str, overrides: List[str], out: Path) -> Dict:
+    """A run rebuilt from its own files (``--report``); one without a summary did not finish."""
+    run = {"label": label, "overrides": overrides, **read_run(out / label)}
+    if "summary" not in run:
+        run["error"] = f"no summary.json in {(out / label).relative_to(REPO)}"
+    return run
+
+
 def read_run(run_dir: Path) -> Dict:
     """A run's summary (absent if it did not finish) and its evaluations so far, as (update, accuracy)."""
     metrics, summary = run_dir / "metrics.jsonl", run_dir / "summary.json"
@@ -112,11 +120,8 @@ def main(argv: List[str] | None = None) -> int:
     machine = machine_description()
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report"]
     command = "python benchmarks/sweep.py " + " ".join(map(shlex.quote, argv))
-    if args.report:  # the runs' own files; one without a summary did not finish
-        runs = [{"label": label, "overrides": overrides, **read_run(out / label)} for label, overrides in variants]
-        for run in runs:
-            if "summary" not in run:
-                run["error"] = f"no summary.json in {(out / run['label']).relative_to(REPO)}"
+    if args.report:
+        runs = [reported_run(label, overrides, out) for label, overrides in variants]
         machine = {**machine, "load": "n/a (rebuilt with --report)"}
     else:
         with ThreadPoolExecutor(args.jobs) as pool:

@@ -22,7 +22,7 @@ from dfkd.config import Config, DfkdError
 from dfkd.contract import Contract, resolve
 from dfkd.ema import StudentEMA
 from dfkd.evaluate import evaluate, test_loader
-from dfkd.losses import ADVERSARIAL, Priors, bn_prior_weight
+from dfkd.losses import ADVERSARIAL, Priors, batchnorm_layers, bn_prior_weight
 from dfkd.models import Generator
 from dfkd.pool import make_pool
 from dfkd.schemes import Parts, scheme_label
@@ -114,7 +114,7 @@ def check_models(cfg: Config, teacher: nn.Module, student: nn.Module, generator:
                         f"{cfg.student.name} {s.shape[1]}, data.num_classes={cfg.data.num_classes}")
     adv = ADVERSARIAL[cfg.loss]
     if adv.mode == "sample" and cfg.scheme != "two_stage":
-        mixing = [n for n, m in student.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        mixing = [n for n, _ in batchnorm_layers(student)]
         if mixing:
             raise DfkdError(f"loss={cfg.loss} rescales the generator gradient per sample, which one-stage can do "
                             f"exactly only if the student treats samples independently; {cfg.student.name} has "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -102,11 +102,16 @@ def entropy_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
 BN_PRIOR = 1.0  # priors.bn=null: this weight when the teacher has BatchNorm layers, as CMI weighs it
 
 
+def batchnorm_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """``model``'s BatchNorm layers (any dimension), with their names."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def bn_prior_weight(bn: Optional[float], teacher: nn.Module) -> float:
     """``priors.bn``, or when null the rule: ``BN_PRIOR`` for a teacher with BatchNorm layers, else 0."""
     if bn is not None:
         return bn
-    return BN_PRIOR if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in teacher.modules()) else 0.0
+    return BN_PRIOR if batchnorm_layers(teacher) else 0.0
 
 
 class BNStatsPrior:
@@ -117,7 +122,7 @@ class BNStatsPrior:
     """
 
     def __init__(self, teacher: nn.Module):
-        self.layers = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.layers = [m for _, m in batchnorm_layers(teacher)]
         if not self.layers:
             raise ValueError("priors.bn needs BatchNorm layers in the teacher, and it has none")
         self.terms: Optional[List[torch.Tensor]] = None
