@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader
 from dfkd.checkpoint import prepare_run_dir, resume_candidates
 from dfkd.config import Config, DfkdError
 from dfkd.contract import Contract, resolve
-from dfkd.ema import StudentEMA
+from dfkd.ema import ModelEMA
 from dfkd.evaluate import evaluate, test_loader
+from dfkd.features import Taps, stages_for
 from dfkd.losses import ADVERSARIAL, Priors, batchnorm_layers, bn_prior_weight
 from dfkd.models import Generator
 from dfkd.pool import make_pool
@@ -44,14 +45,15 @@ class Run:
     base_lrs: List[float]
     teacher_acc: float
     contract: Contract
-    ema: Optional[StudentEMA] = None  # student.ema > 0: the averaged student, evaluated and exported
+    ema: Optional[ModelEMA] = None  # student.ema > 0: the averaged student, evaluated and exported
 
 
 def run_dir_for(cfg: Config) -> Path:
-    """``out_dir/run_name``; by default ``<recipe>-<scheme>-s<seed>``, the scheme named as in dfkd compare
-    (``default-hybrid_k5-s0``, ``default-one_stage-s0``)."""
+    """``out_dir/run_name``; by default ``<recipe>-[<method>-]<scheme>-s<seed>``, the scheme named as in dfkd
+    compare (``default-hybrid_k5-s0``, ``default-zskt-one_stage-s0``)."""
 
-    name = cfg.run_name or f"{cfg.recipe}-{scheme_label(cfg.scheme, cfg.k)}-s{cfg.seed}"
+    method = f"{cfg.method}-" if cfg.method else ""
+    name = cfg.run_name or f"{cfg.recipe}-{method}{scheme_label(cfg.scheme, cfg.k)}-s{cfg.seed}"
     return Path(cfg.out_dir).expanduser() / name
 
 
@@ -167,6 +169,8 @@ def build(cfg: Config) -> Run:
         if cfg.priors.bn:
             accelerator.print(f"[dfkd] {cfg.teacher.name} has BatchNorm: BN-statistics prior on (priors.bn="
                               f"{cfg.priors.bn}; priors.bn=0 turns it off)")
+    if cfg.features.at_adversarial is None:  # ZSKT's split: the generator maximises the discrepancy alone
+        cfg.features.at_adversarial = False
     candidates = resume_candidates(cfg, run_dir)  # refuses a run directory made with another config
     student = create_model(cfg.student.name, cfg.data.num_classes, in_chans=cfg.data.channels)
     generator = Generator(cfg.generator.nz, cfg.generator.ngf, cfg.data.image_size, cfg.data.channels)
@@ -181,20 +185,44 @@ def build(cfg: Config) -> Run:
 
     z_rng = torch.Generator(accelerator.device).manual_seed(cfg.seed * 1000 + accelerator.process_index)
     local_batch = cfg.batch_size // accelerator.num_processes  # batch_size is the global batch
-    priors = Priors(cfg.priors, teacher)  # before compiling: its BN hooks sit on the teacher's own layers
+    # the pool keeps the teacher's pre-logits too when the contrastive prior draws its negatives from it
+    pool = make_pool(cfg, accelerator.device, accelerator.process_index,
+                     feature_dim=pre_logits_size(teacher) if cfg.priors.cmi else 0)  # None when pool.size=0
+    stages = stages_for(teacher, bare(accelerator, student)) if cfg.features.at else 0
+    # before compiling: the hooks of the priors and of the feature taps sit on the networks' own layers
+    priors = Priors(cfg.priors, teacher, stages, pool)
+    if cfg.adversarial == 0 and not priors.active:
+        raise DfkdError("adversarial=0 leaves the generator nothing to learn: switch a prior on (priors.oh, "
+                        "priors.ie, priors.act, priors.bn, priors.cmi) or set adversarial > 0")
     teacher = prepare_teacher(accelerator, teacher, cfg.compile)  # frozen: not wrapped, never synchronised
-    pool = make_pool(cfg, accelerator.device, accelerator.process_index)  # None when pool.size=0
     parts = Parts(student, teacher, generator, opt_s, opt_g, ADVERSARIAL[cfg.loss], priors, accelerator,
                   lambda: torch.randn(local_batch, cfg.generator.nz, generator=z_rng, device=accelerator.device),
-                  cfg.max_scale, pool, cfg.pool.steps, cfg.pool.fresh)
-    ema = StudentEMA(accelerator.unwrap_model(student, keep_torch_compile=False), cfg.student.ema) \
-        if cfg.student.ema else None
+                  cfg.max_scale, pool, cfg.pool.steps, cfg.pool.fresh, cfg.adversarial,
+                  Taps(bare(accelerator, student), "student", stages) if stages else None, cfg.features.at,
+                  cfg.features.at_adversarial,
+                  ModelEMA(bare(accelerator, generator), cfg.generator.ema, train_mode=True)
+                  if cfg.generator.ema else None, cfg.generator.ema_mix)
+    ema = ModelEMA(bare(accelerator, student), cfg.student.ema) if cfg.student.ema else None
     teacher_acc = evaluate(teacher, loader, accelerator)
     accelerator.print(f"[dfkd] input: {contract.describe(cfg)}")
     for warning in contract.warnings:
         accelerator.print(f"[dfkd] warning: {warning}")
     check_teacher(cfg, teacher_acc, contract, accelerator.print)
     return Run(cfg, accelerator, parts, loader, run_dir, candidates, z_rng, base_lrs, teacher_acc, contract, ema)
+
+
+def bare(accelerator: Accelerator, model: nn.Module) -> nn.Module:
+    """The module itself: no DDP, no torch.compile wrapper (hooks and averages go on its own layers)."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
+def pre_logits_size(teacher: nn.Module) -> int:
+    """Width of the teacher's pre-logits: the input of ``get_classifier()``."""
+    size = getattr(teacher.get_classifier(), "in_features", None)
+    if size is None:
+        raise DfkdError(f"priors.cmi reads the teacher's pre-logits, and its classifier "
+                        f"{type(teacher.get_classifier()).__name__} has no in_features; use priors.cmi=0")
+    return size
 
 
 def open_run_dir(run: Run) -> None:

@@ -2,10 +2,13 @@
 
     dfkd compare recipe=default schemes=[two_stage_k5,two_stage_k1,one_stage,hybrid_k5] seeds=3 budget=updates:2000
     dfkd compare "schemes=[hybrid_k5,hybrid_k5+pool.size=20000+pool.steps=2]" budget=time:600
+    dfkd compare "methods=[dfad,dafl,zskt,cmi+pool.size=50000]" schemes=[two_stage_k5,hybrid_k5] seeds=3
 
 A scheme is named as in ``SCHEMES`` (dfkd/schemes.py), with its k unless it ignores k: one_stage,
 two_stage_k5, hybrid_k5. An entry may add ``+key=value`` recipe overrides of its own, to compare
-variants of one scheme (values without ``+`` or ``,``). Every run shares the models, data, budget
+variants of one scheme (values without ``+`` or ``,``). ``methods=[...]`` runs each method preset
+(dfkd/methods.py, with ``+key=value`` overrides of its own) under every scheme: the entries become
+``<scheme>+method=<method>``. Every run shares the models, data, budget
 (student updates, or training seconds with ``budget=time:S``) and evaluation schedule; only the
 scheme (and its overrides) and the seed change. Other ``key=value`` arguments are recipe overrides,
 as for ``dfkd distill``. Writes into ``out``: results.md, results.csv (one row per entry),
@@ -35,6 +38,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dfkd.cli import one_line_errors
 from dfkd.config import Config, DfkdError, load_config
+from dfkd.methods import method_keys
 from dfkd.schemes import cycle_updates, parse_scheme, scheme_label
 
 FRACTIONS = (0.90, 0.95, 0.97, 0.99)  # time-to-accuracy thresholds, as fractions of the teacher's accuracy
@@ -47,6 +51,7 @@ NOT_REACHED = "not reached"
 @dataclass
 class CompareConfig:
     schemes: List[str] = field(default_factory=lambda: ["two_stage_k5", "two_stage_k1", "one_stage", "hybrid_k5"])
+    methods: List[str] = field(default_factory=list)  # presets of dfkd/methods.py, each run under every scheme
     seeds: int = 3  # seeds seed, seed+1, ... (seed from the recipe, 0 by default)
     budget: Optional[str] = None  # updates:N | time:SECONDS; null: the recipe's student_updates
     warmup: int = 20  # student updates of one discarded run per scheme before the measured runs; 0: none
@@ -104,6 +109,12 @@ def parse_args(argv: List[str]) -> Tuple[CompareConfig, List[str]]:
         raise DfkdError(f"need seeds >= 1 and warmup >= 0, got seeds={cfg.seeds} warmup={cfg.warmup}")
     if not cfg.schemes or len(set(cfg.schemes)) != len(cfg.schemes):
         raise DfkdError(f"schemes must be a non-empty list without repeats, got {cfg.schemes}")
+    if cfg.methods:  # every method under every scheme: the method is one more override of the entry
+        if len(set(cfg.methods)) != len(cfg.methods):
+            raise DfkdError(f"methods must be a list without repeats, got {cfg.methods}")
+        for method in cfg.methods:
+            method_keys(method.split("+")[0])
+        cfg.schemes = [f"{scheme}+method={method}" for method in cfg.methods for scheme in cfg.schemes]
     for entry in cfg.schemes:
         parse_entry(entry)
     folders = [run_folder(entry) for entry in cfg.schemes]

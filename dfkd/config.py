@@ -87,6 +87,9 @@ class GeneratorConfig:
     beta2: float = key(0.999, "Adam beta2")
     joint_lr: Optional[float] = key(None, "generator lr of the joint one-stage update (one_stage, hybrid); "
                                           "null: generator.lr (docs/results.md, tuning the default)")
+    ema: float = key(0.0, "decay per generator update of a weight-averaged (EMA) generator whose images make "
+                          "generator.ema_mix of every freshly generated student batch (MAD); 0: off")
+    ema_mix: float = key(0.5, "fraction of a generated student batch drawn from the EMA generator (generator.ema > 0)")
 
 
 @dataclass
@@ -97,6 +100,20 @@ class PriorsConfig:
                                     "null: BN_PRIOR if the teacher has BatchNorm, else 0")
     oh: float = key(0.0, "one-hot cross-entropy of the teacher's prediction (DAFL)")
     ie: float = key(0.0, "information entropy of the batch-mean teacher prediction: class balance (DAFL)")
+    act: float = key(0.0, "activation: minus the mean |teacher pre-logits| (DAFL)")
+    cmi: float = key(0.0, "contrastive: teacher pre-logits of each image against a second view of it, the batch "
+                          "and the replay pool's past images (CMI); needs pool.size > 0")
+
+
+@dataclass
+class FeaturesConfig:
+    """Student loss terms on intermediate features (dfkd/features.py)."""
+
+    at: float = key(0.0, "attention transfer on the last stages of teacher and student, added to the student's "
+                         "discrepancy (ZSKT's beta, 250); 0: off")
+    at_adversarial: Optional[bool] = key(None, "the generator also maximises the attention term; null: no (ZSKT): "
+                                               "one_stage/hybrid's joint step then leaves it out of the student's "
+                                               "loss, which gets it in the student-only steps")
 
 
 @dataclass
@@ -137,11 +154,16 @@ class DataConfig:
 @dataclass
 class Config:
     recipe: str = key("default", "recipes/NAME.yaml, or a path to a YAML file")
+    method: Optional[str] = key(None, "a method preset of dfkd/methods.py (dfad, dafl, zskt, dfq, cmi, mad): its "
+                                      "loss keys over the recipe's; null: the recipe as it is")
     scheme: str = key("one_stage", "update schedule, dfkd/schemes.py: two_stage, one_stage or hybrid")
     k: int = key(5, "student updates per generator update (two_stage, hybrid)")
     loss: str = key("l1", "adversarial loss, dfkd/losses.py ADVERSARIAL")
+    adversarial: float = key(1.0, "weight of the adversarial term in the generator's loss; 0: the generator "
+                                  "follows its priors only and the student distils on its images (DAFL)")
     max_scale: float = key(10.0, "clamp of the per-sample / per-batch generator gradient scale")
     priors: PriorsConfig = key(PriorsConfig, "generator priors")
+    features: FeaturesConfig = key(FeaturesConfig, "student loss terms on intermediate features")
     pool: PoolConfig = key(PoolConfig, "replay pool: student steps on past generated images, teacher outputs cached")
     teacher: TeacherConfig = key(TeacherConfig, "the frozen teacher")
     student: StudentConfig = key(StudentConfig, "the student")
@@ -208,8 +230,18 @@ def load_config(argv: List[str]) -> Config:
         cli_cfg = OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()])
     except OmegaConfBaseException as err:
         raise DfkdError(f"cannot parse recipe {path}: {err}".splitlines()[0]) from err
-    merged = OmegaConf.structured(Config)
+    # A method preset goes under the layer that names it: a recipe naming its method may adjust the method's
+    # keys; a method named on the command line overrides the recipe's (command-line keys still win).
+    layers = []
     for layer, where in ((recipe_cfg, f"recipe {path.name}"), (cli_cfg, "the command line")):
+        name = OmegaConf.select(layer, "method", default=None)
+        if name is not None:
+            from dfkd.methods import method_keys
+
+            layers.append((OmegaConf.from_dotlist(method_keys(str(name))), f"method preset {name}"))
+        layers.append((layer, where))
+    merged = OmegaConf.structured(Config)
+    for layer, where in layers:
         if OmegaConf.select(layer, "mixed_precision") is False:  # YAML reads a bare `no` as false
             layer.mixed_precision = "no"
         try:
@@ -267,9 +299,24 @@ def validate(cfg: Config) -> None:
         _require(value > 0, f"{name} must be > 0, got {value}")
     _require(cfg.generator.joint_lr is None or cfg.generator.joint_lr > 0,
              f"generator.joint_lr must be > 0 or null, got {cfg.generator.joint_lr}")
-    for name in ("bn", "oh", "ie"):
+    for name in ("bn", "oh", "ie", "act", "cmi"):
         _require(getattr(cfg.priors, name) is None or getattr(cfg.priors, name) >= 0,
                  f"priors.{name} must be >= 0")
+    _require(cfg.adversarial >= 0, f"adversarial must be >= 0, got {cfg.adversarial}")
+    _require(cfg.features.at >= 0, f"features.at must be >= 0, got {cfg.features.at}")
+    _require(not (cfg.features.at and not cfg.features.at_adversarial and cfg.scheme == "one_stage"
+                  and not (cfg.pool.size and cfg.pool.steps)),
+             "features.at would never reach the student: one_stage's joint step leaves the attention term out "
+             "(the generator maximises the discrepancy alone, as ZSKT's) and this run has no student-only step; "
+             "use hybrid, pool.steps > 0, or features.at_adversarial=true")
+    _require(not (cfg.priors.cmi and cfg.pool.size == 0),
+             "priors.cmi contrasts with past images kept in the replay pool: set pool.size > 0")
+    _require(0 <= cfg.generator.ema < 1, f"generator.ema must be in [0, 1) (0: off), got {cfg.generator.ema}")
+    _require(0 < cfg.generator.ema_mix < 1, f"generator.ema_mix must be in (0, 1), got {cfg.generator.ema_mix}")
+    _require(not cfg.generator.ema or (cfg.pool.fresh > 0 if cfg.pool.size else cfg.scheme != "one_stage"),
+             "generator.ema mixes its images into freshly generated student batches, and this run has none: "
+             "one_stage without a pool has no student-only steps, and with a pool they draw from it; use "
+             "two_stage/hybrid with pool.size=0, or pool.fresh > 0")
     _require(0 <= cfg.student.ema < 1, f"student.ema must be in [0, 1) (0: off), got {cfg.student.ema}")
     _require(cfg.eval_every >= 1 and cfg.log_every >= 1, "eval_every and log_every must be >= 1")
     _require(cfg.pool.size >= 0 and cfg.pool.steps >= 0, "pool.size and pool.steps must be >= 0")

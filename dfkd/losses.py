@@ -9,12 +9,15 @@ gradient. For asymmetric ones, OSGAN's decomposition rescales the reversed gradi
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dfkd.config import DfkdError
+from dfkd.features import Taps, activation_loss, contrastive_loss, second_view
 
 
 def full(x: torch.Tensor) -> torch.Tensor:
@@ -146,29 +149,58 @@ class BNStatsPrior:
             self.terms = None
 
 
-class Priors:
-    """The weighted sum of the generator priors switched on in the recipe (see PriorsConfig)."""
+@dataclass
+class TeacherOutput:
+    """The teacher's logits on a batch and, when a method reads them, its stage outputs and pre-logits."""
 
-    def __init__(self, weights, teacher: nn.Module):
+    logits: torch.Tensor
+    maps: List[torch.Tensor] = field(default_factory=list)  # stage outputs (attention transfer), else []
+    pre_logits: Optional[torch.Tensor] = None  # input of the classifier (activation, contrastive), else None
+
+
+MEMORY = 4096  # past images' pre-logits drawn from the replay pool as the contrastive prior's negatives
+
+
+class Priors:
+    """The weighted sum of the generator priors switched on in the recipe (see PriorsConfig), and the
+    teacher's features the methods read (``at_stages`` stage outputs, pre-logits for act / cmi)."""
+
+    def __init__(self, weights, teacher: nn.Module, at_stages: int = 0, pool=None):
         self.bn_w, self.oh_w, self.ie_w = bn_prior_weight(weights.bn, teacher), weights.oh, weights.ie
+        self.act_w, self.cmi_w, self.pool = weights.act, weights.cmi, pool
+        if self.bn_w > 0 and not batchnorm_layers(teacher):
+            raise DfkdError("priors.bn needs BatchNorm layers in the teacher, and it has none (method=dfq is "
+                            "defined by them): use priors.bn=0, or a teacher with BatchNorm")
         self.bn = BNStatsPrior(teacher) if self.bn_w > 0 else None
+        pre_logits = bool(self.act_w or self.cmi_w or (pool is not None and pool.features is not None))
+        self.taps = Taps(teacher, "teacher", at_stages, pre_logits) if at_stages or pre_logits else None
 
     @property
     def active(self) -> bool:
-        return bool(self.bn_w or self.oh_w or self.ie_w)
+        return bool(self.bn_w or self.oh_w or self.ie_w or self.act_w or self.cmi_w)
+
+    def observe(self, teacher: nn.Module, x: torch.Tensor) -> TeacherOutput:
+        """The teacher's outputs on ``x`` (under the caller's grad mode), features included when read."""
+        if self.taps is None:
+            return TeacherOutput(teacher(x))
+        with self.taps.record() as taps:
+            t = teacher(x)
+        return TeacherOutput(t, taps.maps, taps.pre_logits)
 
     def teacher_forward(self, teacher: nn.Module, x: torch.Tensor):
-        """Teacher logits on ``x`` and the prior loss (a 0-dim tensor, 0 when no prior is on)."""
+        """Teacher outputs on ``x`` and the prior loss (a 0-dim tensor, 0 when no prior is on), with metrics."""
         if self.bn is None:
-            t = teacher(x)
-            bn_term = None
+            out, bn_term = self.observe(teacher, x), None
         else:
             with self.bn.record() as terms:
-                t = teacher(x)
+                out = self.observe(teacher, x)
             bn_term = torch.stack(terms).sum()
+        t = out.logits
         loss, parts = t.new_zeros((), dtype=torch.float32), {}
         for name, w, term in (("bn", self.bn_w, lambda: bn_term), ("oh", self.oh_w, lambda: one_hot_loss(t)),
-                              ("ie", self.ie_w, lambda: entropy_loss(t))):
+                              ("ie", self.ie_w, lambda: entropy_loss(t)),
+                              ("act", self.act_w, lambda: activation_loss(out.pre_logits)),
+                              ("cmi", self.cmi_w, lambda: self.contrastive(teacher, x, out.pre_logits))):
             if w > 0:
                 value = term()
                 parts[f"prior_{name}"] = value.detach()
@@ -176,4 +208,11 @@ class Priors:
         # how many classes the generator covers, as the teacher sees it: the perplexity of the batch-mean
         # prediction, C when balanced, 1 when collapsed to one class (logged, never optimised)
         parts["gen_classes"] = class_perplexity(t.detach())
-        return t, loss, parts
+        return out, loss, parts
+
+    def contrastive(self, teacher: nn.Module, x: torch.Tensor, pre_logits: torch.Tensor) -> torch.Tensor:
+        """CMI's term: each image's pre-logits against a second view's, with the pool's past images as negatives."""
+        with self.taps.record() as taps:
+            teacher(second_view(x))
+        memory = self.pool.memory(MEMORY) if self.pool.count else None
+        return contrastive_loss(pre_logits, taps.pre_logits, memory)

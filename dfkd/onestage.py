@@ -12,7 +12,8 @@ from typing import Dict
 
 import torch
 
-from dfkd.losses import full, gradient_scale
+from dfkd.features import attention_transfer
+from dfkd.losses import TeacherOutput, full, gradient_scale
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -41,32 +42,47 @@ def reverse_grad(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return _ReverseGrad.apply(x, scale)
 
 
+def discrepancy(parts, x: torch.Tensor, teacher: TeacherOutput, with_at: bool = True) -> torch.Tensor:
+    """Per-sample student-teacher discrepancy on ``x``: the adversarial loss's, plus attention transfer
+    on the stage outputs when ``features.at`` > 0 (and ``with_at``)."""
+    if parts.student_taps is None or not with_at:
+        return parts.adversarial.discrepancy(parts.student(x), teacher.logits)
+    with parts.student_taps.record() as taps:
+        s = parts.student(x)
+    attention = attention_transfer(taps.maps, teacher.maps)
+    return parts.adversarial.discrepancy(s, teacher.logits) + parts.at_weight * attention
+
+
 def one_stage_step(parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
     """One joint update of student and generator from a single forward and a single backward.
 
     The teacher sees the generated images unreversed, so the generator priors computed on
     its logits/features get their plain gradient; only the adversarial path is reversed:
-    the images entering the student and the teacher logits entering the discrepancy.
+    the images entering the student and the teacher logits (and stage outputs, for attention
+    transfer, when the generator is to maximise it too) entering the discrepancy. The generator's
+    weight of the adversarial term rides on the reversal's scale: 0 (DAFL) sends the generator
+    nothing from the student's loss.
     """
-    adv = parts.adversarial
+    adv, w = parts.adversarial, parts.adversarial_weight
     x = parts.generator(z)
-    t, prior_loss, metrics = parts.priors.teacher_forward(parts.teacher, x)
+    out, prior_loss, metrics = parts.priors.teacher_forward(parts.teacher, x)
     if parts.pool is not None:  # the replay pool keeps the batch and its teacher outputs
-        parts.pool.add(x, t)
-    scale = torch.ones(x.shape[0] if adv.mode == "sample" else (), device=x.device,
+        parts.pool.add(x, out.logits, out.pre_logits)
+    scale = torch.full((x.shape[0],) if adv.mode == "sample" else (), float(w), device=x.device,
                        dtype=torch.promote_types(x.dtype, torch.float32))  # never below fp32
-    s = parts.student(reverse_grad(x, scale))
-    d = adv.discrepancy(s, reverse_grad(t, scale))
+    reversed_teacher = TeacherOutput(reverse_grad(out.logits, scale), [reverse_grad(m, scale) for m in out.maps])
+    # ZSKT's split (at_adversarial false): the joint step leaves attention transfer out
+    d = discrepancy(parts, reverse_grad(x, scale), reversed_teacher, with_at=parts.at_adversarial)
     loss = full(d).mean()
     if adv.mode != "symmetric":  # gamma / lambda from the unscaled fp32 discrepancies
         value, stats = gradient_scale(adv, d, parts.max_scale)
-        scale.copy_(value)
+        scale.copy_(w * value)
         metrics.update({k: torch.tensor(v) for k, v in stats.items()})
     parts.opt_s.zero_grad(set_to_none=True)
     parts.opt_g.zero_grad(set_to_none=True)
     parts.accelerator.backward(loss + prior_loss)
     skipped = step_together(parts.accelerator, parts.opt_s, parts.opt_g)
-    metrics.update(loss_s=loss.detach(), loss_g=adv.generator_loss(full(d.detach())), skipped=skipped)
+    metrics.update(loss_s=loss.detach(), loss_g=w * adv.generator_loss(full(d.detach())), skipped=skipped)
     return metrics
 
 

@@ -9,7 +9,7 @@ A fixed-size ring buffer: the oldest images leave first. Each process keeps its 
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -20,9 +20,11 @@ class SamplePool:
     """``capacity`` images (``image_shape``) and their teacher logits, sampled uniformly with its own RNG."""
 
     def __init__(self, capacity: int, image_shape: Tuple[int, ...], num_classes: int, device: torch.device,
-                 seed: int = 0, dtype: torch.dtype = torch.float32):
+                 seed: int = 0, dtype: torch.dtype = torch.float32, feature_dim: int = 0):
         self.images = torch.empty((capacity, *image_shape), device=device, dtype=dtype)
         self.logits = torch.empty((capacity, num_classes), device=device, dtype=dtype)
+        # the teacher's pre-logits too, when a method contrasts new images with past ones (priors.cmi)
+        self.features = torch.empty((capacity, feature_dim), device=device, dtype=dtype) if feature_dim else None
         self.count = 0  # images held
         self.next = 0  # where the next image goes
         self.rng = torch.Generator(device).manual_seed(seed)
@@ -33,15 +35,17 @@ class SamplePool:
 
     @property
     def nbytes(self) -> int:
-        return self.images.nbytes + self.logits.nbytes
+        return self.images.nbytes + self.logits.nbytes + (0 if self.features is None else self.features.nbytes)
 
     @torch.no_grad()
-    def add(self, images: torch.Tensor, logits: torch.Tensor) -> None:
+    def add(self, images: torch.Tensor, logits: torch.Tensor, features: Optional[torch.Tensor] = None) -> None:
         """Keep a batch (detached); past capacity it replaces the oldest images."""
         n = min(len(images), self.capacity)
         slots = (self.next + torch.arange(n, device=self.images.device)) % self.capacity
         self.images[slots] = images[-n:].detach().to(self.images.dtype)
         self.logits[slots] = logits[-n:].detach().to(self.logits.dtype)
+        if self.features is not None:
+            self.features[slots] = features[-n:].detach().to(self.features.dtype)
         self.next = int((self.next + n) % self.capacity)
         self.count = min(self.count + n, self.capacity)
 
@@ -50,11 +54,19 @@ class SamplePool:
         idx = torch.randint(self.count, (n,), generator=self.rng, device=self.images.device)
         return self.images[idx], self.logits[idx]
 
+    def memory(self, n: int) -> torch.Tensor:
+        """Pre-logits of ``n`` past images (at most what is held), drawn uniformly without replacement."""
+        idx = torch.randperm(self.count, generator=self.rng, device=self.images.device)[:n]
+        return self.features[idx]
+
     def state_dict(self) -> Dict:
         # copies, not views: torch.save writes a view's whole storage, i.e. the full capacity
-        return {"images": self.images[:self.count].to("cpu", copy=True),
-                "logits": self.logits[:self.count].to("cpu", copy=True),
-                "next": self.next, "rng": self.rng.get_state()}
+        state = {"images": self.images[:self.count].to("cpu", copy=True),
+                 "logits": self.logits[:self.count].to("cpu", copy=True),
+                 "next": self.next, "rng": self.rng.get_state()}
+        if self.features is not None:
+            state["features"] = self.features[:self.count].to("cpu", copy=True)
+        return state
 
     def load_state_dict(self, state: Dict) -> None:
         n = len(state["images"])
@@ -63,16 +75,19 @@ class SamplePool:
                              f"and images {tuple(self.images.shape[1:])}")
         self.images[:n] = state["images"].to(self.images.device)
         self.logits[:n] = state["logits"].to(self.logits.device)
+        if self.features is not None:
+            self.features[:n] = state["features"].to(self.features.device)
         self.count, self.next = n, int(state["next"])
         self.rng.set_state(state["rng"])
 
 
-def make_pool(cfg, device: torch.device, process_index: int = 0):
-    """The run's pool, or None when ``pool.size`` is 0; refuses one that does not fit in memory before training."""
+def make_pool(cfg, device: torch.device, process_index: int = 0, feature_dim: int = 0):
+    """The run's pool, or None when ``pool.size`` is 0; refuses one that does not fit in memory before training.
+    ``feature_dim`` > 0 keeps the teacher's pre-logits of that size too."""
     p, d = cfg.pool, cfg.data
     if p.size == 0:
         return None
-    per_image = 4 * (d.channels * d.image_size ** 2 + d.num_classes)  # float32 image and logits
+    per_image = 4 * (d.channels * d.image_size ** 2 + d.num_classes + feature_dim)  # float32 image, logits, features
     capacity = p.size if p.mb is None else min(p.size, int(p.mb * 1e6 // per_image))
     if capacity < cfg.batch_size:
         raise DfkdError(f"the replay pool holds {capacity} images (pool.size={p.size}, pool.mb={p.mb}), less than "
@@ -83,7 +98,8 @@ def make_pool(cfg, device: torch.device, process_index: int = 0):
         raise DfkdError(f"the replay pool needs {need / 1e6:.0f} MB ({capacity} images of {per_image} bytes) and "
                         f"{device} has {free / 1e6:.0f} MB free; lower pool.size or set pool.mb")
     shape = (d.channels, d.image_size, d.image_size)
-    return SamplePool(capacity, shape, d.num_classes, device, seed=cfg.seed * 1000 + process_index + 7)
+    return SamplePool(capacity, shape, d.num_classes, device, seed=cfg.seed * 1000 + process_index + 7,
+                      feature_dim=feature_dim)
 
 
 def _free_bytes(device: torch.device) -> int:

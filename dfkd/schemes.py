@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from dfkd.config import DfkdError
-from dfkd.losses import Adversarial, Priors, full
-from dfkd.onestage import one_stage_step, step_together
+from dfkd.ema import ModelEMA
+from dfkd.features import Taps
+from dfkd.losses import Adversarial, Priors, TeacherOutput, full
+from dfkd.onestage import discrepancy, one_stage_step, step_together
 from dfkd.pool import SamplePool
 
 
@@ -39,6 +41,12 @@ class Parts:
     pool: Optional[SamplePool] = None  # replay pool (dfkd/pool.py); None: every student step generates
     pool_steps: int = 0  # extra student steps from the pool after each generating step
     pool_fresh: float = 0.0  # fraction of a pool step's batch generated anew
+    adversarial_weight: float = 1.0  # of the adversarial term in the generator's loss (0: DAFL)
+    student_taps: Optional[Taps] = None  # the student's stage outputs, when attention transfer is on
+    at_weight: float = 0.0  # attention transfer's weight in the student's discrepancy (ZSKT's beta)
+    at_adversarial: bool = True  # the generator maximises the attention term too (else: ZSKT's split)
+    generator_ema: Optional[ModelEMA] = None  # MAD: a weight-averaged generator ...
+    ema_mix: float = 0.5  # ... making this fraction of every generated student batch
 
 
 @contextmanager
@@ -53,22 +61,38 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def generated(parts: Parts, z: torch.Tensor) -> torch.Tensor:
+    """Images for a student step (no autograd): with a generator EMA (MAD), ``ema_mix`` of them from it."""
+    ema = parts.generator_ema
+    n = round(parts.ema_mix * len(z)) if ema is not None and len(z) >= 4 else 0
+    n = min(max(n, 2), len(z) - 2) if n else 0  # train-mode BatchNorm needs two samples on each side
+    if not n:
+        return parts.generator(z)
+    return torch.cat([parts.generator(z[n:]), ema.module(z[:n])])
+
+
 def student_step(parts: Parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
     """One student update on a fresh batch (generator and teacher without autograd), or, with a replay
     pool holding a batch, on images drawn from it: no generator, no teacher, ``pool_fresh`` of it new."""
-    pool = parts.pool
+    pool, observe = parts.pool, parts.priors.observe
     fresh = len(z) if pool is None or pool.count < len(z) else round(parts.pool_fresh * len(z))
     fresh = 2 if fresh == 1 else fresh  # the generator's train-mode BatchNorm needs two samples
     with torch.no_grad():
-        x = parts.generator(z[:fresh]) if fresh else None
-        t = parts.teacher(x) if fresh else None
+        x = generated(parts, z[:fresh]) if fresh else None
+        out = observe(parts.teacher, x) if fresh else None
     if pool is not None:
         if fresh:
-            pool.add(x, t)
+            pool.add(x, out.logits, out.pre_logits)
         if fresh < len(z):
             old_x, old_t = pool.sample(len(z) - fresh)
-            x, t = (old_x, old_t) if x is None else (torch.cat([x, old_x.to(x.dtype)]), torch.cat([t, old_t.to(t.dtype)]))
-    loss = full(parts.adversarial.discrepancy(parts.student(x), t)).mean()
+            x, t = (old_x, old_t) if x is None else (torch.cat([x, old_x.to(x.dtype)]),
+                                                     torch.cat([out.logits, old_t.to(out.logits.dtype)]))
+            if parts.student_taps is not None:  # the pool keeps no stage outputs: the teacher sees the batch again
+                with torch.no_grad():
+                    out = observe(parts.teacher, x)
+            else:
+                out = TeacherOutput(t)
+    loss = full(discrepancy(parts, x, out)).mean()
     parts.opt_s.zero_grad(set_to_none=True)
     parts.accelerator.backward(loss)
     return {"loss_s": loss.detach(), "skipped": step_together(parts.accelerator, parts.opt_s)}
@@ -77,12 +101,14 @@ def student_step(parts: Parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
 def generator_step(parts: Parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
     """One generator update: maximise the discrepancy (plus priors); the student's weights get no gradient."""
     x = parts.generator(z)
-    t, prior_loss, metrics = parts.priors.teacher_forward(parts.teacher, x)
+    out, prior_loss, metrics = parts.priors.teacher_forward(parts.teacher, x)
     if parts.pool is not None:
-        parts.pool.add(x, t)
+        parts.pool.add(x, out.logits, out.pre_logits)
+    loss_g = torch.zeros((), device=x.device)
     with frozen(parts.student), parts.accelerator.no_sync(parts.student):
-        d = parts.adversarial.discrepancy(parts.student(x), t)
-        loss_g = parts.adversarial.generator_loss(full(d))
+        if parts.adversarial_weight:  # DAFL's generator (weight 0) never asks the student
+            d = discrepancy(parts, x, out, with_at=parts.at_adversarial)
+            loss_g = parts.adversarial_weight * parts.adversarial.generator_loss(full(d))
         parts.opt_g.zero_grad(set_to_none=True)
         parts.accelerator.backward(loss_g + prior_loss)
     metrics.update(loss_g=loss_g.detach(), skipped=step_together(parts.accelerator, parts.opt_g))

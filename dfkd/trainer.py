@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from dfkd.build import Run, build, open_run_dir
+from dfkd.build import Run, bare, build, open_run_dir
 from dfkd.checkpoint import restore, save_checkpoint, trim_metrics
 from dfkd.config import Config, DfkdError
 from dfkd.evaluate import evaluate
@@ -109,6 +109,8 @@ def train_cycle(run: Run, state: RunState, last_good) -> Dict:
     made, metrics = SCHEMES[cfg.scheme](run.parts, cfg.k)
     if run.ema is not None:
         run.ema.update(state.updates + made, made)
+    if run.parts.generator_ema is not None:  # one generator update per cycle
+        run.parts.generator_ema.update(state.cycles + 1, 1)
     if accelerator.device.type == "cuda":
         torch.cuda.synchronize()
     state.train_s += time.perf_counter() - tick
@@ -140,7 +142,7 @@ def pool_metrics(pool) -> Dict:
 
 def kept_student(run: Run) -> nn.Module:
     """The student that is evaluated, saved and exported: the weight average when student.ema > 0."""
-    return run.ema.module if run.ema is not None else unwrap(run, run.parts.student)
+    return run.ema.module if run.ema is not None else bare(run.accelerator, run.parts.student)
 
 
 def evaluate_student(run: Run, state: RunState, log: MetricsLog, bar) -> None:
@@ -174,19 +176,16 @@ def checkpoint(run: Run, state: RunState, last_good):
         saved["pool"] = run.parts.pool.state_dict()
     if run.ema is not None:
         saved["ema"] = run.ema.state_dict()
+    if run.parts.generator_ema is not None:
+        saved["generator_ema"] = run.parts.generator_ema.state_dict()
     return save_checkpoint(run.accelerator, run.run_dir, saved, run.z_rng, run.cfg.keep_checkpoints)
-
-
-def unwrap(run: Run, model: nn.Module) -> nn.Module:
-    """The bare module: no DDP, no torch.compile wrapper."""
-    return run.accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
 def finish(run: Run, state: RunState, log: MetricsLog) -> Dict:
     """Final weights, summary.json and (export=true) the exported student."""
     cfg, accelerator, run_dir = run.cfg, run.accelerator, run.run_dir
     summary = {
-        "recipe": cfg.recipe, "scheme": cfg.scheme, "k": cfg.k, "loss": cfg.loss, "seed": cfg.seed,
+        "recipe": cfg.recipe, "method": cfg.method, "scheme": cfg.scheme, "k": cfg.k, "loss": cfg.loss, "seed": cfg.seed,
         "teacher": cfg.teacher.name, "student": cfg.student.name, "student_ema": cfg.student.ema,
         "teacher_acc": run.teacher_acc,
         "teacher_card_acc": run.contract.card_accuracy,
@@ -200,7 +199,7 @@ def finish(run: Run, state: RunState, log: MetricsLog) -> Dict:
     log.close()
     if accelerator.is_main_process:
         save_weights(kept_student(run), run_dir / "student.safetensors")
-        save_weights(unwrap(run, run.parts.generator), run_dir / "generator.safetensors")
+        save_weights(bare(run.accelerator, run.parts.generator), run_dir / "generator.safetensors")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.export:  # as `dfkd export RUN_DIR`: every format, parity-checked, into run_dir/export
             from dfkd.export import FILES, export
@@ -233,6 +232,8 @@ def distill(cfg: Config) -> Dict:
         run.parts.pool.load_state_dict(saved["pool"])
     if run.ema is not None and "ema" in saved:
         run.ema.load_state_dict(saved["ema"])
+    if run.parts.generator_ema is not None and "generator_ema" in saved:
+        run.parts.generator_ema.load_state_dict(saved["generator_ema"])
     if state.done and (run_dir / "summary.json").is_file():  # nothing left to do: keep the run's own summary
         accelerator.print(f"[dfkd] {run_dir} already finished (summary.json); resume=none starts it over")
         accelerator.end_training()

@@ -95,6 +95,16 @@ CASES = {
     "missing resume checkpoint": (["resume={TMP}/runs/x/checkpoints/step_000100"], "resume checkpoint"),
     "unwritable out_dir": (["out_dir={TMP}/a_file/runs"], "cannot write the run directory"),
     "dataset root missing": (["data.root={TMP}/no_data", "data.download=false"], "MNIST not found under"),
+    "unknown method": (["method=dfkq"], "method 'dfkq' is not one of dfad, dafl, zskt, dfq, cmi, mad"),
+    "DFQ on a teacher without BatchNorm": (["method=dfq"], "priors.bn needs BatchNorm layers in the teacher"),
+    "attention transfer that never reaches the student": (["method=zskt", "scheme=one_stage", "pool.size=0"],
+                                                          "features.at would never reach the student"),
+    "contrastive prior without a pool": (["method=cmi", "pool.size=0"],
+                                         "priors.cmi contrasts with past images kept in the replay pool"),
+    "generator EMA without a generated student batch": (["method=mad"], "generator.ema mixes its images into "
+                                                                        "freshly generated student batches"),
+    "generator with nothing to learn": (["adversarial=0", "priors.ie=0"],
+                                        "adversarial=0 leaves the generator nothing to learn"),
 }
 
 

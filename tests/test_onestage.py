@@ -24,16 +24,20 @@ def small_net(batchnorm: bool, seed: int) -> nn.Module:
     return nn.Sequential(*layers).double()
 
 
-def make_parts(loss: str, student_bn: bool, priors: PriorsConfig) -> Parts:
-    teacher = small_net(batchnorm=True, seed=1)
-    for m in teacher.modules():  # non-trivial running stats, so the BN prior is not zero
+def trio(teacher: nn.Module, student: nn.Module) -> tuple:
+    """The frozen teacher with non-trivial BN running stats (so the BN prior is not zero), the student in
+    train mode, and a small fp64 generator."""
+    for m in teacher.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 1.5)
-    teacher.eval().requires_grad_(False)
-    student = small_net(batchnorm=student_bn, seed=2).train()
     torch.manual_seed(3)
     generator = Generator(nz=NZ, ngf=4, image_size=SIZE, channels=1).double().train()
+    return teacher.eval().requires_grad_(False), student.train(), generator
+
+
+def make_parts(loss: str, student_bn: bool, priors: PriorsConfig) -> Parts:
+    teacher, student, generator = trio(small_net(batchnorm=True, seed=1), small_net(batchnorm=student_bn, seed=2))
     # lr=0: optimizer steps leave the weights where they are, and the gradients stay readable
     opt_s = torch.optim.SGD(student.parameters(), lr=0.0)
     opt_g = torch.optim.Adam(generator.parameters(), lr=0.0)
@@ -57,25 +61,32 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_one_stage_gradients_equal_two_stage(case):
-    loss, student_bn, priors = CASES[case]
-    parts = make_parts(loss, student_bn, priors)
-    z = torch.randn(16, NZ, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-
+def assert_one_stage_equals_two_stage(parts: Parts, z: torch.Tensor, reset=lambda: None) -> None:
+    """A student step and a generator step, then one joint step, on the same z: the same gradients, in fp64.
+    ``reset`` runs before each step (e.g. to put a replay pool back as it was)."""
+    reset()
     student_step(parts, z)
     two_stage_student = grads(parts.student)
+    reset()
     generator_step(parts, z)
     two_stage_generator = grads(parts.generator)
     for got, want in zip(grads(parts.student), two_stage_student):  # frozen student: no weight gradient
         assert torch.equal(got, want), "the generator step must not add to the student's gradients"
-
+    reset()
     one_stage_step(parts, z)
     for got, want in zip(grads(parts.student), two_stage_student):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
     for got, want in zip(grads(parts.generator), two_stage_generator):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
     assert any(g.abs().sum() > 0 for g in two_stage_generator), "the test must compare non-zero gradients"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_one_stage_gradients_equal_two_stage(case):
+    loss, student_bn, priors = CASES[case]
+    parts = make_parts(loss, student_bn, priors)
+    z = torch.randn(16, NZ, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert_one_stage_equals_two_stage(parts, z)
 
 
 def test_one_stage_generator_gradient_matches_autograd_reference():

@@ -40,7 +40,13 @@ SCHEMES = {"one_stage": ["scheme=one_stage"], "two_stage k=5": ["scheme=two_stag
            # 3 student steps (from the pool once it holds a batch), a joint step, 1 more pool step: 5 per cycle;
            # student.safetensors is then the weight-averaged student, whose average the checkpoint carries
            "hybrid k=4, replay pool, EMA student": ["scheme=hybrid", "k=4", "pool.size=64", "pool.steps=1",
-                                                    "pool.fresh=0.25", "student.ema=0.9"]}
+                                                    "pool.fresh=0.25", "student.ema=0.9"],
+           # method state: the generator's average (MAD) with attention transfer (ZSKT's term), and the
+           # pool's pre-logits, the contrastive prior's negatives (CMI)
+           "two_stage k=5, MAD generator EMA, attention transfer": ["scheme=two_stage", "k=5", "method=mad",
+                                                                    "features.at=10"],
+           "hybrid k=4, CMI with its pool": ["scheme=hybrid", "k=4", "method=cmi", "pool.size=64", "pool.steps=1",
+                                             "pool.fresh=0.25"]}
 
 
 def run(args: list, out: Path) -> Path:

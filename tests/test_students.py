@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from dfkd.config import Config, load_config
-from dfkd.ema import StudentEMA
+from dfkd.ema import ModelEMA
 from dfkd.losses import BN_PRIOR, Priors
 from dfkd.trainer import distill
 from dfkd.weights import create_model
@@ -18,7 +18,7 @@ from dfkd.weights import create_model
 
 def test_ema_averages_floats_with_a_warm_up_cap_and_copies_integer_buffers():
     student = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    ema = StudentEMA(student, decay=0.99)
+    ema = ModelEMA(student, decay=0.99)
     start = student[0].weight.detach().clone()
     with torch.no_grad():
         student[0].weight.add_(1.0)
