@@ -26,6 +26,11 @@ AT_STAGES = 3  # ZSKT matches the three groups of its WRNs; other nets: their la
 TEMPERATURE = 0.1  # of the contrastive loss (CMI's)
 
 
+def full(x: torch.Tensor) -> torch.Tensor:
+    """Upcast fp16/bf16 to fp32 for reductions and logs; fp32 and fp64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def stage_modules(model: nn.Module, role: str) -> List[nn.Module]:
     """The modules of ``model.feature_info`` (timm's stage outputs), in order."""
     info = getattr(model, "feature_info", None)
@@ -74,8 +79,7 @@ def stages_for(teacher: nn.Module, student: nn.Module) -> int:
 
 def attention(f: torch.Tensor, size: int) -> torch.Tensor:
     """Spatial attention of a feature map, pooled to ``size`` x ``size``, flattened and L2-normalised per sample."""
-    f = f.float() if f.dtype in (torch.float16, torch.bfloat16) else f
-    a = f.pow(2).mean(1, keepdim=True)
+    a = full(f).pow(2).mean(1, keepdim=True)
     if a.shape[-1] != size:
         a = F.adaptive_avg_pool2d(a, size)
     return F.normalize(a.flatten(1), dim=1)
@@ -92,7 +96,7 @@ def attention_transfer(student_maps: List[torch.Tensor], teacher_maps: List[torc
 
 def activation_loss(pre_logits: torch.Tensor) -> torch.Tensor:
     """DAFL's activation loss: minus the mean absolute teacher pre-logit activation."""
-    return -pre_logits.float().abs().mean()
+    return -full(pre_logits).abs().mean()
 
 
 def second_view(x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +114,7 @@ def second_view(x: torch.Tensor) -> torch.Tensor:
 def contrastive_loss(anchor: torch.Tensor, positive: torch.Tensor, memory: Optional[torch.Tensor]) -> torch.Tensor:
     """InfoNCE (temperature ``TEMPERATURE``): each anchor against its positive, the other positives and
     ``memory`` (past pre-logits, detached) as negatives. Minimised by images the teacher tells apart."""
-    a, p = F.normalize(anchor.float(), dim=1), F.normalize(positive.float(), dim=1)
-    keys = p if memory is None or not len(memory) else torch.cat([p, F.normalize(memory.float(), dim=1)])
+    a, p = F.normalize(full(anchor), dim=1), F.normalize(full(positive), dim=1)
+    keys = p if memory is None or not len(memory) else torch.cat([p, F.normalize(full(memory).to(p.dtype), dim=1)])
     logits = a @ keys.t() / TEMPERATURE
     return F.cross_entropy(logits, torch.arange(len(a), device=a.device))

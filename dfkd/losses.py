@@ -17,12 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfkd.config import DfkdError
-from dfkd.features import Taps, activation_loss, contrastive_loss, second_view
-
-
-def full(x: torch.Tensor) -> torch.Tensor:
-    """Upcast fp16/bf16 to fp32 for reductions and logs; fp32 and fp64 stay as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+from dfkd.features import Taps, activation_loss, contrastive_loss, full, second_view  # full: re-exported
 
 
 def l1(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -172,7 +167,7 @@ class Priors:
             raise DfkdError("priors.bn needs BatchNorm layers in the teacher, and it has none (method=dfq is "
                             "defined by them): use priors.bn=0, or a teacher with BatchNorm")
         self.bn = BNStatsPrior(teacher) if self.bn_w > 0 else None
-        pre_logits = bool(self.act_w or self.cmi_w or (pool is not None and pool.features is not None))
+        pre_logits = bool(self.act_w or self.cmi_w)  # the pool keeps pre-logits exactly when cmi reads them
         self.taps = Taps(teacher, "teacher", at_stages, pre_logits) if at_stages or pre_logits else None
 
     @property
