@@ -19,11 +19,11 @@ from typing import Dict, List
 import torch
 from safetensors.torch import load_file
 
+from dfkd.build import make_generator
 from dfkd.compare import machine_description
 from dfkd.evaluate import test_loader
 from dfkd.export import read_run
 from dfkd.losses import class_perplexity
-from dfkd.models.generator import Generator
 from dfkd.teacher import build_teacher
 from dfkd.weights import create_model
 
@@ -35,7 +35,7 @@ def coverage(run_dir: Path, samples: int, seed: int) -> Dict:
         raise SystemExit(f"{run_dir} has no generator.safetensors: the run did not finish")
     n = cfg.data.num_classes
     teacher = build_teacher(cfg)
-    generator = Generator(cfg.generator.nz, cfg.generator.ngf, cfg.data.image_size, cfg.data.channels)
+    generator = make_generator(cfg)
     generator.load_state_dict(load_file(run_dir / "generator.safetensors"))
     generator.train()  # as in training: its BatchNorm layers normalise with the batch's statistics
     z = torch.randn(samples, cfg.generator.nz, generator=torch.Generator().manual_seed(seed))

@@ -26,7 +26,7 @@ from dfkd.features import Taps, stages_for
 from dfkd.losses import ADVERSARIAL, Priors, batchnorm_layers, bn_prior_weight
 from dfkd.models import Generator
 from dfkd.pool import make_pool
-from dfkd.schemes import Parts, scheme_label
+from dfkd.schemes import Parts, cycle_updates, pool_intake, scheme_label
 from dfkd.teacher import build_teacher
 from dfkd.weights import create_model
 
@@ -173,7 +173,7 @@ def build(cfg: Config) -> Run:
         cfg.features.at_adversarial = False
     candidates = resume_candidates(cfg, run_dir)  # refuses a run directory made with another config
     student = create_model(cfg.student.name, cfg.data.num_classes, in_chans=cfg.data.channels)
-    generator = Generator(cfg.generator.nz, cfg.generator.ngf, cfg.data.image_size, cfg.data.channels)
+    generator = make_generator(cfg)
     check_models(cfg, teacher, student, generator, contract)
     loader = test_loader(cfg.data)
     opt_s, opt_g = make_optimizers(cfg, student, generator)
@@ -188,6 +188,8 @@ def build(cfg: Config) -> Run:
     # the pool keeps the teacher's pre-logits too when the contrastive prior draws its negatives from it
     pool = make_pool(cfg, accelerator.device, accelerator.process_index,
                      feature_dim=pre_logits_size(teacher) if cfg.priors.cmi else 0)  # None when pool.size=0
+    if pool is not None:
+        warn_pool_evicts(cfg, pool.capacity, pool_intake(cfg, local_batch), accelerator.print)
     stages = stages_for(teacher, bare(accelerator, student)) if cfg.features.at else 0
     # before compiling: the hooks of the priors and of the feature taps sit on the networks' own layers
     priors = Priors(cfg.priors, teacher, stages, pool)
@@ -209,6 +211,23 @@ def build(cfg: Config) -> Run:
         accelerator.print(f"[dfkd] warning: {warning}")
     check_teacher(cfg, teacher_acc, contract, accelerator.print)
     return Run(cfg, accelerator, parts, loader, run_dir, candidates, z_rng, base_lrs, teacher_acc, contract, ema)
+
+
+def make_generator(cfg: Config) -> Generator:
+    """The run's generator, its output as ``generator.output`` says (pixels: normalised with the teacher's mean/std)."""
+    pixels = cfg.generator.output == "pixels"
+    return Generator(cfg.generator.nz, cfg.generator.ngf, cfg.data.image_size, cfg.data.channels,
+                     cfg.data.mean if pixels else None, cfg.data.std if pixels else None)
+
+
+def warn_pool_evicts(cfg: Config, capacity: int, per_cycle: int, print_fn) -> None:
+    """Say so before training when the run will make more images than its pool keeps: past that point the
+    oldest leave, and on the default pair students then drift down (docs/students.md)."""
+    made = -(-cfg.student_updates // cycle_updates(cfg)) * per_cycle
+    if made > capacity:
+        print_fn(f"[dfkd] warning: this run makes about {made:,} images and its replay pool keeps {capacity:,}: "
+                 f"from about update {capacity // per_cycle * cycle_updates(cfg):,} on the oldest leave and the "
+                 f"student may drift (docs/students.md); pool.size={made} keeps them all")
 
 
 def bare(accelerator: Accelerator, model: nn.Module) -> nn.Module:

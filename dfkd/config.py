@@ -49,6 +49,7 @@ Interpolation = Choice("Interpolation", {n: n for n in ("bilinear", "bicubic", "
 LrSchedule = Choice("LrSchedule", {n: n for n in ("cosine", "step", "constant")})
 MixedPrecision = Choice("MixedPrecision", {n: n for n in ("no", "bf16", "fp16")})
 Logger = Choice("Logger", {n: n for n in ("none", "wandb")})
+GeneratorOutput = Choice("GeneratorOutput", {n: n for n in ("standardized", "pixels")})
 INTERPOLATIONS = tuple(i.value for i in Interpolation)
 
 
@@ -90,6 +91,10 @@ class GeneratorConfig:
     ema: float = key(0.0, "decay per generator update of a weight-averaged (EMA) generator whose images make "
                           "generator.ema_mix of every freshly generated student batch (MAD); 0: off")
     ema_mix: float = key(0.5, "fraction of a generated student batch drawn from the EMA generator (generator.ema > 0)")
+    output: GeneratorOutput = key(GeneratorOutput.standardized,
+                                  "standardized: tanh then a BatchNorm, every batch at the teacher's normalisation "
+                                  "mean/std (DFAD); pixels: sigmoid pixels in [0, 1], normalised as the teacher's "
+                                  "inputs are (dfkd/models/generator.py)")
 
 
 @dataclass

@@ -181,3 +181,11 @@ def cycle_updates(cfg) -> int:
     """Student updates in one cycle of ``cfg``'s scheme: k (1 for one_stage), plus the pool steps."""
     k = cfg.k if schemes_with_k()[cfg.scheme] else 1
     return k + (cfg.pool.steps if cfg.pool.size else 0)
+
+
+def pool_intake(cfg, batch: int) -> int:
+    """Images one cycle of ``cfg``'s scheme adds to its replay pool, once the pool holds a batch: the
+    generating step's whole ``batch`` (a process's share), and ``pool.fresh`` of each student-only step's."""
+    joint = cfg.scheme != "two_stage"  # one_stage's and hybrid's generating step is also a student update
+    fresh = round(cfg.pool.fresh * batch)
+    return batch + (cycle_updates(cfg) - joint) * (2 if fresh == 1 else fresh)

@@ -13,7 +13,8 @@ from conftest import PLAIN
 from dfkd import evaluate as dfkd_evaluate  # not `import test_loader`: pytest would collect it
 from dfkd.config import load_config
 from dfkd.contract import resolve
-from dfkd.trainer import distill
+from dfkd.models import Generator
+from dfkd.trainer import distill, save_samples
 from dfkd.weights import create_model
 
 pytestmark = pytest.mark.usefixtures("mnist_teacher", "one_thread")
@@ -35,3 +36,19 @@ def test_short_one_stage_run_lifts_the_student_far_above_chance_and_its_untraine
     # 500 one-stage updates reach 58-70 % (README, Results); chance is 10 %
     assert summary["student_best_acc"] >= 40.0, summary
     assert summary["student_best_acc"] >= untrained_acc + 25.0, (summary, untrained_acc)
+
+
+def test_run_draws_its_generator_samples_in_pixels_without_touching_its_statistics(tmp_path):
+    from PIL import Image
+
+    cfg = load_config([*PLAIN, "student_updates=4", "batch_size=8", "eval_every=4", "checkpoint_every=0",
+                       "logger=none", f"out_dir={tmp_path}"])
+    run_dir = distill(cfg)["run_dir"]
+    with Image.open(f"{run_dir}/samples.png") as grid:
+        assert grid.size == (8 * 33 + 1, 8 * 33 + 1)  # 64 images of 32x32, 8 a row, 1-pixel gaps
+        assert sum(1 for count in grid.convert("L").histogram() if count) > 16  # drawn images, not a blank grid
+
+    generator = Generator(nz=cfg.generator.nz, ngf=4, image_size=32, channels=1)
+    before = {k: v.clone() for k, v in generator.state_dict().items()}
+    save_samples(generator, cfg, tmp_path / "again.png")
+    assert all(torch.equal(before[k], v) for k, v in generator.state_dict().items())  # running stats included

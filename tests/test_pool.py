@@ -15,7 +15,7 @@ from dfkd.losses import ADVERSARIAL, Priors
 from dfkd.models import Generator
 from dfkd.onestage import one_stage_step
 from dfkd.pool import SamplePool, make_pool
-from dfkd.schemes import SCHEMES, Parts, generator_step, student_step
+from dfkd.schemes import SCHEMES, Parts, generator_step, pool_intake, student_step
 
 NZ, SIZE, CLASSES, BATCH = 8, 8, 4, 6
 
@@ -104,6 +104,30 @@ def test_every_scheme_adds_pool_steps_after_its_generating_step():
         made, metrics = SCHEMES[name](p, k)
         assert made == expected, name
         assert metrics["skipped"] == 0.0
+
+
+@pytest.mark.parametrize("fresh", [0.0, 0.5])
+@pytest.mark.parametrize("scheme,k", [("two_stage", 3), ("one_stage", 1), ("hybrid", 3)])
+def test_pool_intake_is_what_each_cycle_adds(scheme, k, fresh):
+    cfg = load_config(["recipe=default_v01", f"scheme={scheme}", f"k={k}", "pool.size=1000", "pool.steps=2",
+                       f"pool.fresh={fresh}"])
+    p = parts(empty_pool(1000), fresh=fresh, steps=2)
+    SCHEMES[scheme](p, k)  # the first cycle: student steps generate whole batches until the pool holds one
+    held = p.pool.count
+    for _ in range(3):
+        SCHEMES[scheme](p, k)
+    assert p.pool.count - held == 3 * pool_intake(cfg, BATCH) > 0
+
+
+def test_a_run_that_outgrows_its_pool_is_told_before_training():
+    from dfkd.build import warn_pool_evicts
+
+    said = []
+    for updates in (15000, 45000):  # the default keeps all it makes (128,000 images); three times longer does not
+        cfg = load_config([f"student_updates={updates}"])
+        warn_pool_evicts(cfg, cfg.pool.size, pool_intake(cfg, cfg.batch_size), said.append)
+    assert len(said) == 1
+    assert "about 384,000 images" in said[0] and "keeps 200,000" in said[0] and "update 23,430" in said[0]
 
 
 def test_without_a_pool_the_steps_are_unchanged():

@@ -233,3 +233,26 @@ def test_filter_renames_only_into_keys_the_model_has():
     state = {"linear.bias": t, "linear.extra": t, "layer1.0.conv1.weight": t}
     # ``fc.extra`` is no key of the model, so ``linear.extra`` stays as it was (and strict loading names it).
     assert list(cifar_resnet.checkpoint_filter_fn(state, model)) == ["fc.bias", "linear.extra", "layer1.0.conv1.weight"]
+
+
+@pytest.mark.parametrize("mean,std", [([0.5], [0.5]), ([0.1307], [0.3081]), ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+def test_generator_output_pixels_stays_in_the_range_of_real_images_and_standardized_does_not(mean, std):
+    from dfkd.models import Generator
+
+    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    torch.manual_seed(0)
+    pixels = Generator(16, 4, 8, len(mean), mean, std).train()
+    standardized = Generator(16, 4, 8, len(mean)).train()
+    with torch.no_grad():
+        for g in (pixels, standardized):
+            g.net[-3].weight.mul_(100)  # the last convolution: drive the output to saturation
+        drawn = pixels(torch.randn(64, 16)) * s + m
+        dfad = standardized(torch.randn(64, 16))
+    assert drawn.min() >= -1e-5 and drawn.max() <= 1 + 1e-5  # pixels, whatever the teacher's normalisation
+    assert drawn.min() < 0.01 and drawn.max() > 0.99  # saturated both ways: the bound is the range itself
+    # DFAD's output: every batch at mean 0 / std 1, i.e. the normalisation's mean and std in pixels
+    assert torch.allclose(dfad.mean((0, 2, 3)), torch.zeros(len(mean)), atol=1e-4)
+    assert torch.allclose(dfad.std((0, 2, 3), unbiased=False), torch.ones(len(mean)), atol=1e-3)
+    # the pixel output keeps no state of its own: its weights have the DFAD generator's keys minus the last BatchNorm
+    extra = set(standardized.state_dict()) - set(pixels.state_dict())
+    assert set(pixels.state_dict()) < set(standardized.state_dict()) and all(k.startswith("net.11.") for k in extra)

@@ -1,21 +1,31 @@
-"""The generator of DFAD ("GeneratorA"): z -> linear -> 2x(upsample, conv, BN, LeakyReLU) -> conv -> tanh -> BN.
+"""The generator of DFAD ("GeneratorA"): z -> linear -> 2x(upsample, conv, BN, LeakyReLU) -> conv -> output.
 
-The last BatchNorm has no affine parameters; it keeps the synthetic images roughly
-standardised, i.e. in the same normalised space the teacher's inputs live in.
+Two outputs (``generator.output``):
+
+- ``standardized`` (DFAD's): tanh, then a BatchNorm without affine parameters: every batch has mean 0 and
+  std 1 per channel. In pixels that is the teacher's normalisation mean and std, which are the data's own
+  statistics only when the teacher was normalised with them (DFAD's MNIST LeNet: 0.1307 / 0.3081). A teacher
+  normalised with generic values (timm's 0.5 / 0.5, ImageNet's) gets images of that brightness instead.
+- ``pixels``: a sigmoid gives pixels in [0, 1], as every real image has, normalised with the teacher's mean
+  and std: the generator chooses the images' brightness and contrast itself, inside the range real ones span.
 """
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 
 class Generator(nn.Module):
-    """Maps ``z ~ N(0, I)`` of size ``nz`` to ``channels x image_size x image_size`` images.
+    """Maps ``z ~ N(0, I)`` of size ``nz`` to ``channels x image_size x image_size`` teacher inputs.
 
-    ``ngf`` is the width: DFAD uses 64; 16 is a light generator for CPU runs.
+    ``ngf`` is the width: DFAD uses 64; 16 is a light generator for CPU runs. With ``mean`` and ``std`` (the
+    teacher's, per channel, on 0-1 pixels) the output is ``pixels``, without them DFAD's ``standardized``.
     """
 
-    def __init__(self, nz: int = 256, ngf: int = 64, image_size: int = 32, channels: int = 3):
+    def __init__(self, nz: int = 256, ngf: int = 64, image_size: int = 32, channels: int = 3,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
         super().__init__()
         if image_size % 4:
             raise ValueError(f"generator image_size must be a multiple of 4, got {image_size}")
@@ -32,10 +42,22 @@ class Generator(nn.Module):
             nn.BatchNorm2d(ngf),
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(ngf, channels, 3, padding=1),
-            nn.Tanh(),
-            nn.BatchNorm2d(channels, affine=False),
+            *((nn.Tanh(), nn.BatchNorm2d(channels, affine=False)) if mean is None else
+              (nn.Sigmoid(), Normalize(mean, std))),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.project(z)
         return self.net(x.view(z.shape[0], -1, self.init_size, self.init_size))
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel: pixels to the teacher's input. Constants, not state (no buffers saved)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
