@@ -2,6 +2,7 @@
 
     python benchmarks/pairs.py --name mnist --seeds 0 1 2 --jobs 2              # every MNIST pair, 3 seeds
     python benchmarks/pairs.py --name digits --dataset digits --seeds 0 1 2
+    python benchmarks/pairs.py --name mnist --merge benchmarks/results/pairs_mnist_s*.json   # seeds run apart
     python benchmarks/pairs.py --name smoke --pairs resnet --seeds 0 --epochs 1 --teacher-steps 20 \
         --teachers /tmp/dfkd-teachers --base "student_updates=50 eval_every=25 batch_size=32"
 
@@ -13,6 +14,9 @@ processes through benchmarks/sweep.py's ``run_variant`` (``runs/pairs-NAME/PAIR-
 at a time. Writes ``benchmarks/results/pairs_NAME.md`` (+ .json): per pair the teacher, both sizes,
 the student's final and best accuracy over seeds, the generator's class coverage (``gen_classes``)
 and whether the targets hold: final >= 95 % of the teacher, final within 0.3 points of best.
+``--merge`` trains nothing: it writes one report from the runs of earlier results files (seeds run on
+different days). A teacher retrained in between (its training is not bit-reproducible across machines)
+shows as a range of teacher accuracies; each run is compared with its own teacher.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ from dfkd.weights import create_model  # noqa: E402
 
 # label: (teacher, student, why this pair). All built with in_chans=1 at 32x32, 10 classes.
 PAIRS = {
-    "lenet": ("lenet5", "lenet5_half", "the reference: the pair the defaults were tuned on"),
+    "lenet": ("lenet5", "lenet5_half", "the reference: the pair the defaults were tuned on, on MNIST"),
     "resnet": ("test_resnet", "lenet5_half", "timm BatchNorm ResNet -> LeNet: cross-family, 24x smaller"),
     "efficientnet": ("test_efficientnet", "lenet5_half", "timm BatchNorm EfficientNet -> LeNet"),
     "mobilenet": ("mobilenetv3_small_050", "lenet5_half", "timm BatchNorm MobileNetV3 -> LeNet: 37x smaller"),
@@ -103,11 +107,11 @@ def summarise(label: str, runs: List[Dict]) -> Dict:
     if not done:
         return row
     s = [r["summary"] for r in done]
-    row["teacher_acc"] = s[0]["teacher_acc"]
+    row["teacher_acc"] = [x["teacher_acc"] for x in s]  # one per run: merged seeds may have retrained teachers
     for key in ("student_final_acc", "student_best_acc"):
         row[key] = [x[key] for x in s]
         row[f"{key}_mean"], row[f"{key}_std"] = mean_std(row[key])
-    row["final_of_teacher"] = row["student_final_acc_mean"] / row["teacher_acc"]
+    row["final_of_teacher"] = statistics.mean(x["student_final_acc"] / x["teacher_acc"] for x in s)
     coverage = [r["gen_classes"] for r in done if r["gen_classes"]]
     row["gen_classes_mean"] = statistics.mean(statistics.mean(c) for c in coverage) if coverage else None
     row["gen_classes_min"] = min(min(c) for c in coverage) if coverage else None
@@ -117,10 +121,29 @@ def summarise(label: str, runs: List[Dict]) -> Dict:
     return row
 
 
-def markdown(name: str, dataset: str, rows: List[Dict], machine: Dict[str, str], command: str, base: List[str]) -> str:
+def merged_runs(files: List[Path], dataset: str) -> Tuple[List[Dict], List[str]]:
+    """The runs of earlier results files of ``dataset`` and the commands that made them; each (pair, seed) once."""
+    runs, commands, seen = [], [], {}
+    for file in files:
+        data = json.loads(Path(file).read_text())
+        if data["dataset"] != dataset:
+            raise ValueError(f"{file} holds {data['dataset']} runs, not {dataset}")
+        commands += data.get("commands", [data["command"]])
+        for run in data["runs"]:
+            key = (run["pair"], run["seed"])
+            if key in seen:
+                raise ValueError(f"{run['pair']} seed {run['seed']} is in {seen[key]} and in {file}: merge it once")
+            seen[key] = file
+            runs.append(run)
+    return sorted(runs, key=lambda r: (list(PAIRS).index(r["pair"]), r["seed"])), commands
+
+
+def markdown(name: str, dataset: str, rows: List[Dict], machine: Dict[str, str], commands: List[str],
+             base: List[str]) -> str:
     head = ["pair", "teacher", "teacher %", "student", "params T / S", "final %", "best %", "final / teacher",
             "gen_classes mean (min)", "train s", f"final >= {OF_TEACHER:.0%} of teacher", f"final >= best - {WITHIN_BEST}"]
-    lines = [f"# Pairs the defaults were not tuned on: {name} ({dataset})\n", f"`{command}`\n",
+    lines = [f"# Pairs the defaults were not tuned on: {name} ({dataset})\n",
+             "\n".join(f"`{c}`" + ("  " if i < len(commands) - 1 else "") for i, c in enumerate(commands)) + "\n",
              f"Every distillation: `{' '.join(base)}` plus the pair's `teacher.name`, `teacher.checkpoint` "
              f"(`teacher.train_if_missing=false`), `student.name` and `seed`. Machine: {machine['cpu']}, "
              f"{machine['cores']} cores, torch {machine['torch']}, load average {machine['load']} at the start, "
@@ -134,20 +157,22 @@ def markdown(name: str, dataset: str, rows: List[Dict], machine: Dict[str, str],
             continue
         n = len(r["student_final_acc"])
         coverage = "n/a" if r["gen_classes_mean"] is None else f"{r['gen_classes_mean']:.2f} ({r['gen_classes_min']:.2f})"
-        cells = [r["pair"], r["teacher"], f"{r['teacher_acc']:.2f}", r["student"], sizes,
+        low, high = min(r["teacher_acc"]), max(r["teacher_acc"])
+        cells = [r["pair"], r["teacher"], f"{low:.2f}" + (f"-{high:.2f}" if high - low >= 0.005 else ""), r["student"], sizes,
                  spread(r, "student_final_acc"), spread(r, "student_best_acc"), f"{r['final_of_teacher']:.1%}",
                  coverage, f"{r['train_seconds_mean']:.0f}", f"{r['of_teacher_met']} of {n} seeds",
                  f"{r['near_best_met']} of {n} seeds"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["\nEach seed (final / best %):\n"]
+    lines += ["\nEach seed (final / best %, and its teacher's accuracy):\n"]
     for r in rows:
-        seeds = ", ".join(f"s{s} {f:.2f} / {b:.2f}" for s, f, b in zip(r["seeds"], r.get("student_final_acc", []),
-                                                                        r.get("student_best_acc", [])))
+        seeds = ", ".join(f"s{s} {f:.2f} / {b:.2f} (teacher {t:.2f})" for s, f, b, t in zip(
+            r["seeds"], r.get("student_final_acc", []), r.get("student_best_acc", []), r.get("teacher_acc", [])))
         errors = "; ".join(r["errors"])
         lines.append(f"- `{r['pair']}` ({r['why']}): {seeds or '-'}" + (f"; did not finish: {errors}" if errors else ""))
     lines.append("\nparams: built with in_chans=1, 10 classes. gen_classes: exp of the entropy of the teacher's mean "
                  "prediction on a generated batch (10: every class equally often), over the training records after "
-                 "the first evaluation; mean over seeds of each run's mean, and the lowest record of any run.\n")
+                 "the first evaluation; mean over seeds of each run's mean, and the lowest record of any run. final / teacher: "
+                 "mean over seeds of each run's final accuracy over its teacher's.\n")
     return "\n".join(lines)
 
 
@@ -184,12 +209,16 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--report", action="store_true", help="no training: rebuild the results from runs/pairs-NAME")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="no training: one report from the runs of "
+                                                                   "these results files (pairs_*.json)")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="results directory")
     args = parser.parse_args(argv)
     try:
         labels = select(args.pairs, args.dataset)
     except ValueError as err:
         parser.error(str(err))
+    if args.merge:
+        return merge(args, "python benchmarks/pairs.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv)))
     teachers = args.teachers
     if args.teacher_steps and Path(teachers).expanduser() == Path(TEACHERS).expanduser():
         parser.error("--teacher-steps trains throwaway teachers: pass --teachers DIR, not the shared cache")
@@ -223,7 +252,26 @@ def main(argv: List[str] | None = None) -> int:
     rows = [summarise(label, [r for r in runs if r["pair"] == label]) for label in labels]
     write_results(Path(args.results), f"pairs_{args.name}",
                   {"machine": machine, "command": command, "dataset": args.dataset, "base": base, "teacher_epochs": epochs,
-                   "pairs": rows, "runs": runs}, markdown(args.name, args.dataset, rows, machine, command, base))
+                   "pairs": rows, "runs": runs}, markdown(args.name, args.dataset, rows, machine, [command], base))
+    return 0
+
+
+def merge(args: argparse.Namespace, command: str) -> int:
+    """``--merge``: the report of runs made by earlier invocations, read from their results files."""
+    try:
+        runs, commands = merged_runs(args.merge, args.dataset)
+    except (OSError, ValueError, KeyError) as err:
+        sys.exit(f"pairs: --merge: {err}")
+    labels = select(args.pairs, args.dataset) if args.pairs else [p for p in PAIRS if any(r["pair"] == p for r in runs)]
+    runs = [r for r in runs if r["pair"] in labels]
+    first = json.loads(Path(args.merge[0]).read_text())
+    machine = {**first["machine"], "load": f"n/a (merged from {len(args.merge)} results files)"}
+    rows = [summarise(label, [r for r in runs if r["pair"] == label]) for label in labels]
+    text = markdown(args.name, args.dataset, rows, machine, commands, first["base"]) + f"\nMerged by `{command}`.\n"
+    write_results(Path(args.results), f"pairs_{args.name}",
+                  {"machine": machine, "command": command, "commands": commands, "dataset": args.dataset,
+                   "base": first["base"], "teacher_epochs": first["teacher_epochs"], "pairs": rows, "runs": runs},
+                  text)
     return 0
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from dfkd.cli import one_line_errors
 from dfkd.config import Config, DfkdError
 from dfkd.contract import resolve
+from dfkd.data import Normalize
 from dfkd.evaluate import Predict, real_batches
 from dfkd.weights import create_model, load_weights, save_weights
 
@@ -41,12 +42,11 @@ class RawImageModel(nn.Module):
 
     def __init__(self, model: nn.Module, mean, std):
         super().__init__()
+        self.normalize = Normalize(mean, std)
         self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)
+        return self.model(self.normalize(images))
 
 
 def load_timm(arch: Dict, file: Path) -> nn.Module:

@@ -52,3 +52,34 @@ def test_gen_classes_are_read_from_the_training_records_after_the_first_evaluati
 
     assert pairs.gen_classes(tmp_path) == [7.0, 9.0]
     assert pairs.gen_classes(tmp_path / "absent") == []
+
+
+def results_file(path, dataset, command, runs):
+    path.write_text(json.dumps({"dataset": dataset, "command": command, "runs": [
+        {"pair": pair, "seed": seed, "summary": {"teacher_acc": teacher}} for pair, seed, teacher in runs]}))
+    return path
+
+
+def test_merge_reads_each_pair_and_seed_once(pairs, tmp_path):
+    a = results_file(tmp_path / "a.json", "mnist", "run a", [("resnet", 0, 99.31), ("lenet", 0, 98.82)])
+    b = results_file(tmp_path / "b.json", "mnist", "run b", [("resnet", 2, 99.31)])
+
+    runs, commands = pairs.merged_runs([b, a], "mnist")
+    assert [(r["pair"], r["seed"]) for r in runs] == [("lenet", 0), ("resnet", 0), ("resnet", 2)]
+    assert commands == ["run b", "run a"]
+
+    with pytest.raises(ValueError, match="resnet seed 0 is in .*a.json and in .*again.json"):
+        pairs.merged_runs([a, results_file(tmp_path / "again.json", "mnist", "c", [("resnet", 0, 99.31)])], "mnist")
+    with pytest.raises(ValueError, match="holds digits runs, not mnist"):
+        pairs.merged_runs([results_file(tmp_path / "d.json", "digits", "c", [])], "mnist")
+
+
+def test_each_run_is_compared_with_its_own_teacher(pairs, one_thread):
+    runs = [{"seed": seed, "gen_classes": [9.0], "summary": {"teacher_acc": t, "student_final_acc": f,
+                                                             "student_best_acc": b, "train_seconds": 1.0}}
+            for seed, t, f, b in [(0, 99.0, 94.0, 94.1), (1, 98.0, 93.5, 94.0)]]
+
+    row = pairs.summarise("resnet", runs)
+    assert row["teacher_acc"] == [99.0, 98.0]
+    assert row["final_of_teacher"] == pytest.approx((94.0 / 99.0 + 93.5 / 98.0) / 2)
+    assert (row["of_teacher_met"], row["near_best_met"]) == (1, 1)  # 94.0 < 0.95 * 99; 93.5 is 0.5 under its best

@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from dfkd.data import Normalize
+
 
 class Generator(nn.Module):
     """Maps ``z ~ N(0, I)`` of size ``nz`` to ``channels x image_size x image_size`` teacher inputs.
@@ -50,14 +52,3 @@ class Generator(nn.Module):
         x = self.project(z)
         return self.net(x.view(z.shape[0], -1, self.init_size, self.init_size))
 
-
-class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel: pixels to the teacher's input. Constants, not state (no buffers saved)."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
