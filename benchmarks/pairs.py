@@ -121,13 +121,18 @@ def summarise(label: str, runs: List[Dict]) -> Dict:
     return row
 
 
-def merged_runs(files: List[Path], dataset: str) -> Tuple[List[Dict], List[str]]:
-    """The runs of earlier results files of ``dataset`` and the commands that made them; each (pair, seed) once."""
-    runs, commands, seen = [], [], {}
+def merged_runs(files: List[Path], dataset: str) -> Tuple[List[Dict], List[str], Dict]:
+    """The runs of earlier results files of ``dataset``, the commands that made them, and the first file (its
+    machine, base and teacher epochs head the report); each (pair, seed) once, every file with the same base."""
+    runs, commands, seen, first = [], [], {}, None
     for file in files:
         data = json.loads(Path(file).read_text())
+        first = first or data
         if data["dataset"] != dataset:
             raise ValueError(f"{file} holds {data['dataset']} runs, not {dataset}")
+        if data["base"] != first["base"]:
+            raise ValueError(f"{file} ran with {' '.join(data['base'])!r}, {files[0]} with "
+                             f"{' '.join(first['base'])!r}: merge only runs of one base")
         commands += data.get("commands", [data["command"]])
         for run in data["runs"]:
             key = (run["pair"], run["seed"])
@@ -135,7 +140,7 @@ def merged_runs(files: List[Path], dataset: str) -> Tuple[List[Dict], List[str]]
                 raise ValueError(f"{run['pair']} seed {run['seed']} is in {seen[key]} and in {file}: merge it once")
             seen[key] = file
             runs.append(run)
-    return sorted(runs, key=lambda r: (list(PAIRS).index(r["pair"]), r["seed"])), commands
+    return sorted(runs, key=lambda r: (list(PAIRS).index(r["pair"]), r["seed"])), commands, first
 
 
 def markdown(name: str, dataset: str, rows: List[Dict], machine: Dict[str, str], commands: List[str],
@@ -217,8 +222,10 @@ def main(argv: List[str] | None = None) -> int:
         labels = select(args.pairs, args.dataset)
     except ValueError as err:
         parser.error(str(err))
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report"]
+    command = "python benchmarks/pairs.py " + " ".join(map(shlex.quote, argv))
     if args.merge:
-        return merge(args, "python benchmarks/pairs.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv)))
+        return merge(args, command)
     teachers = args.teachers
     if args.teacher_steps and Path(teachers).expanduser() == Path(TEACHERS).expanduser():
         parser.error("--teacher-steps trains throwaway teachers: pass --teachers DIR, not the shared cache")
@@ -228,8 +235,6 @@ def main(argv: List[str] | None = None) -> int:
         parser.error(f"--report: no runs to report, {out.relative_to(REPO)} does not exist; run without --report")
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_description()
-    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report"]
-    command = "python benchmarks/pairs.py " + " ".join(map(shlex.quote, argv))
 
     missing = [] if args.report else sorted({t for t in (PAIRS[p][0] for p in labels)
                                              if not Path(teacher_file(teachers, t, args.dataset)).expanduser().is_file()})
@@ -259,12 +264,11 @@ def main(argv: List[str] | None = None) -> int:
 def merge(args: argparse.Namespace, command: str) -> int:
     """``--merge``: the report of runs made by earlier invocations, read from their results files."""
     try:
-        runs, commands = merged_runs(args.merge, args.dataset)
+        runs, commands, first = merged_runs(args.merge, args.dataset)
     except (OSError, ValueError, KeyError) as err:
         sys.exit(f"pairs: --merge: {err}")
-    labels = select(args.pairs, args.dataset) if args.pairs else [p for p in PAIRS if any(r["pair"] == p for r in runs)]
+    labels = args.pairs or [p for p in PAIRS if any(r["pair"] == p for r in runs)]  # --pairs: checked by main
     runs = [r for r in runs if r["pair"] in labels]
-    first = json.loads(Path(args.merge[0]).read_text())
     machine = {**first["machine"], "load": f"n/a (merged from {len(args.merge)} results files)"}
     rows = [summarise(label, [r for r in runs if r["pair"] == label]) for label in labels]
     text = markdown(args.name, args.dataset, rows, machine, commands, first["base"]) + f"\nMerged by `{command}`.\n"

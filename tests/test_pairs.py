@@ -54,8 +54,8 @@ def test_gen_classes_are_read_from_the_training_records_after_the_first_evaluati
     assert pairs.gen_classes(tmp_path / "absent") == []
 
 
-def results_file(path, dataset, command, runs):
-    path.write_text(json.dumps({"dataset": dataset, "command": command, "runs": [
+def results_file(path, dataset, command, runs, base=("recipe=default",)):
+    path.write_text(json.dumps({"dataset": dataset, "command": command, "base": list(base), "runs": [
         {"pair": pair, "seed": seed, "summary": {"teacher_acc": teacher}} for pair, seed, teacher in runs]}))
     return path
 
@@ -64,12 +64,16 @@ def test_merge_reads_each_pair_and_seed_once(pairs, tmp_path):
     a = results_file(tmp_path / "a.json", "mnist", "run a", [("resnet", 0, 99.31), ("lenet", 0, 98.82)])
     b = results_file(tmp_path / "b.json", "mnist", "run b", [("resnet", 2, 99.31)])
 
-    runs, commands = pairs.merged_runs([b, a], "mnist")
+    runs, commands, first = pairs.merged_runs([b, a], "mnist")
     assert [(r["pair"], r["seed"]) for r in runs] == [("lenet", 0), ("resnet", 0), ("resnet", 2)]
     assert commands == ["run b", "run a"]
+    assert first["command"] == "run b"
 
     with pytest.raises(ValueError, match="resnet seed 0 is in .*a.json and in .*again.json"):
         pairs.merged_runs([a, results_file(tmp_path / "again.json", "mnist", "c", [("resnet", 0, 99.31)])], "mnist")
+    with pytest.raises(ValueError, match="ran with 'recipe=default student_updates=50'.*merge only runs of one base"):
+        pairs.merged_runs([a, results_file(tmp_path / "short.json", "mnist", "c", [("resnet", 1, 99.31)],
+                                           base=("recipe=default", "student_updates=50"))], "mnist")
     with pytest.raises(ValueError, match="holds digits runs, not mnist"):
         pairs.merged_runs([results_file(tmp_path / "d.json", "digits", "c", [])], "mnist")
 
