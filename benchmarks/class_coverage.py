@@ -20,10 +20,10 @@ import torch
 from safetensors.torch import load_file
 
 from dfkd.build import make_generator
-from dfkd.compare import machine_description
 from dfkd.evaluate import test_loader
 from dfkd.export import read_run
 from dfkd.losses import class_perplexity
+from dfkd.machine import machine_description
 from dfkd.teacher import build_teacher
 from dfkd.weights import create_model
 

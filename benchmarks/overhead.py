@@ -23,7 +23,7 @@ from accelerate import Accelerator
 # benchmarks/ is this script's folder:
 from step_cost import PAIRS, build_parts, default_accelerator, interleaved_medians, write_results
 
-from dfkd.compare import machine_description
+from dfkd.machine import machine_description
 from dfkd.onestage import one_stage_step
 
 TARGET = 0.05  # dfkd's step at most 5 % slower than the bare loop

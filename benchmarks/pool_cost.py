@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import block  # noqa: E402
 from step_cost import build_parts, default_accelerator, interleaved_medians, write_results  # noqa: E402
 
-from dfkd.compare import machine_description  # noqa: E402
+from dfkd.machine import machine_description  # noqa: E402
 from dfkd.pool import SamplePool  # noqa: E402
 from dfkd.schemes import student_step  # noqa: E402
 

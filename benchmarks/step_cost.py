@@ -34,9 +34,10 @@ from accelerate import Accelerator
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfkd.build import make_accelerator, make_optimizers, prepare_teacher
-from dfkd.compare import machine_description, parse_scheme
+from dfkd.compare import parse_scheme
 from dfkd.config import Config
 from dfkd.losses import ADVERSARIAL, Priors
+from dfkd.machine import machine_description
 from dfkd.models import Generator
 from dfkd.schemes import SCHEMES, Parts
 from dfkd.weights import create_model

@@ -28,7 +28,7 @@ MAX_COLUMNS = 10  # evaluation columns in the markdown table
 sys.path.insert(0, str(REPO))
 from step_cost import write_results  # noqa: E402  (benchmarks/ is this script's folder)
 
-from dfkd.compare import machine_description  # noqa: E402
+from dfkd.machine import machine_description  # noqa: E402
 
 
 def run_variant(label: str, base: List[str], overrides: List[str], out: Path, threads: int) -> Dict:

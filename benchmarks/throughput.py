@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from dfkd.compare import machine_description  # noqa: E402
+from dfkd.machine import machine_description  # noqa: E402
 
 # name -> (processes, threads per process, overrides, share of --updates it runs: bf16 is slow on
 # CPUs without bf16 instructions)

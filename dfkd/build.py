@@ -18,9 +18,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dfkd.checkpoint import prepare_run_dir, resume_candidates
-from dfkd.config import Config, DfkdError
+from dfkd.config import Config
 from dfkd.contract import Contract, resolve
 from dfkd.ema import ModelEMA
+from dfkd.errors import DfkdError
 from dfkd.evaluate import evaluate, test_loader
 from dfkd.features import Taps, stages_for
 from dfkd.losses import ADVERSARIAL, Priors, batchnorm_layers, bn_prior_weight

@@ -18,7 +18,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from omegaconf import OmegaConf
 
-from dfkd.config import LOGGING_KEYS, Config, DfkdError
+from dfkd.config import LOGGING_KEYS, Config
+from dfkd.errors import DfkdError
 
 COMPLETE = "complete"
 class DamagedCheckpoint(Exception):

@@ -12,7 +12,8 @@ from dataclasses import MISSING, Field
 from enum import Enum
 from typing import Callable, List, Optional
 
-from dfkd.config import DfkdError, schema_fields
+from dfkd.config import schema_fields
+from dfkd.errors import DfkdError
 
 COMMANDS = {  # subcommand -> (module whose main(argv) runs it, what it does: one line of `dfkd --help`)
     "distill": ("dfkd.distill", "distil a teacher into a student, without data"),

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -29,7 +28,7 @@ import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -37,7 +36,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dfkd.cli import one_line_errors
-from dfkd.config import Config, DfkdError, load_config
+from dfkd.config import Config, load_config
+from dfkd.errors import DfkdError
+from dfkd.machine import machine_description
 from dfkd.methods import method_keys
 from dfkd.schemes import cycle_updates, parse_scheme, scheme_label
 
@@ -146,19 +147,6 @@ def run_config(recipe: List[str], entry: str, seed: int, out_dir: Path, extra: L
 def time_to_accuracy(evaluations: List[Dict], target: float) -> Optional[float]:
     """Training seconds at the first evaluation with test accuracy >= target; None if never reached."""
     return next((e["train_s"] for e in evaluations if e["test_acc"] >= target), None)
-
-
-def machine_description() -> Dict[str, str]:
-    """CPU model, usable cores, torch version and threads, GPU, UTC date: stated next to every timing."""
-    import torch
-
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), platform.machine())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": str(cores), "torch": torch.__version__, "torch_threads": str(torch.get_num_threads()),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
-            "python": platform.python_version(), "load": f"{os.getloadavg()[0]:.2f}",
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def mean_std(values: List[float]) -> Tuple[float, float]:

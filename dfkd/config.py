@@ -16,11 +16,9 @@ from typing import Any, Dict, List, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from dfkd.errors import DfkdError
+
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
-
-
-class DfkdError(Exception):
-    """A user mistake (bad recipe, key, value, file): reported as one line and a non-zero exit."""
 
 
 def key(default: Any, doc: str, *, logging: bool = False) -> Any:

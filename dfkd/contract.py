@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from dfkd.config import INTERPOLATIONS, Config, DfkdError
+from dfkd.config import INTERPOLATIONS, Config
+from dfkd.errors import DfkdError
 
 # What people call each field in the cards they write; the first name is timm's (or dfkd's).
 SPELLINGS = {

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from dfkd.config import IMAGE_SUFFIXES, DfkdError
+from dfkd.config import IMAGE_SUFFIXES
+from dfkd.errors import DfkdError
 from dfkd.offline import fetch_mnist_offline
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

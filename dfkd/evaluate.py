@@ -21,9 +21,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dfkd.cli import one_line_errors
-from dfkd.compare import machine_description
-from dfkd.config import DataConfig, DfkdError
+from dfkd.config import DataConfig
 from dfkd.data import ImageFolder, tensor_dataset
+from dfkd.errors import DfkdError
+from dfkd.machine import machine_description
 from dfkd.weights import create_model, load_weights
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # images -> logits

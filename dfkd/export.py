@@ -24,9 +24,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dfkd.cli import one_line_errors
-from dfkd.config import Config, DfkdError
+from dfkd.config import Config
 from dfkd.contract import resolve
 from dfkd.data import Normalize
+from dfkd.errors import DfkdError
 from dfkd.evaluate import Predict, real_batches
 from dfkd.weights import create_model, load_weights, save_weights
 

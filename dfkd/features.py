@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfkd.config import DfkdError
+from dfkd.errors import DfkdError
 
 AT_STAGES = 3  # ZSKT matches the three groups of its WRNs; other nets: their last three feature_info stages
 TEMPERATURE = 0.1  # of the contrastive loss (CMI's)

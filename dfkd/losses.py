@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfkd.config import DfkdError
+from dfkd.errors import DfkdError
 from dfkd.features import Taps, activation_loss, contrastive_loss, full, second_view  # full: re-exported
 
 

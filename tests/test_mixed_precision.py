@@ -177,7 +177,8 @@ def test_fp16_one_stage_through_accelerate_on_gpu():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, fp16 is allowed")
 def test_fp16_without_a_gpu_is_refused_not_silently_run_in_fp32(tmp_path):
-    from dfkd.config import DfkdError, load_config
+    from dfkd.config import load_config
+    from dfkd.errors import DfkdError
     from dfkd.trainer import distill
 
     with pytest.raises(DfkdError, match="mixed_precision=fp16 needs a GPU.*use mixed_precision=bf16 or no"):

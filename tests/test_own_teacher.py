@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dfkd.config import DfkdError
 from dfkd.distill import main as distill
+from dfkd.errors import DfkdError
 from dfkd.export import FILES, reload
 
 ROOT = Path(__file__).resolve().parents[1]

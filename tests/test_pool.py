@@ -10,7 +10,8 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from dfkd.config import DfkdError, PriorsConfig, load_config
+from dfkd.config import PriorsConfig, load_config
+from dfkd.errors import DfkdError
 from dfkd.losses import ADVERSARIAL, Priors
 from dfkd.models import Generator
 from dfkd.onestage import one_stage_step

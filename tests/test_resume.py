@@ -26,7 +26,8 @@ from torch import nn
 
 from dfkd import schemes
 from dfkd.checkpoint import complete_checkpoints, restore, save_checkpoint
-from dfkd.config import Config, DfkdError, load_config
+from dfkd.config import Config, load_config
+from dfkd.errors import DfkdError
 from dfkd.trainer import distill
 
 REPO = Path(__file__).resolve().parents[1]

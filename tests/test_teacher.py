@@ -15,9 +15,10 @@ from accelerate import Accelerator
 from safetensors.torch import save_file
 
 from dfkd import evaluate
-from dfkd.config import DfkdError, load_config
+from dfkd.config import load_config
 from dfkd.contract import resolve
 from dfkd.data import tensor_dataset, to_model_input
+from dfkd.errors import DfkdError
 from dfkd.offline import cifar_samples
 from dfkd.teacher import build_teacher
 from dfkd.weights import load_weights
