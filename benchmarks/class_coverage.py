@@ -19,11 +19,11 @@ from typing import Dict, List
 import torch
 from safetensors.torch import load_file
 
+from dfkd.accuracy import evaluation_loader
+from dfkd.artifacts import read_run
 from dfkd.build import make_generator
-from dfkd.evaluate import test_loader
-from dfkd.export import read_run
-from dfkd.losses import class_perplexity
 from dfkd.machine import machine_description
+from dfkd.priors import class_perplexity
 from dfkd.teacher import build_teacher
 from dfkd.weights import create_model
 
@@ -41,7 +41,7 @@ def coverage(run_dir: Path, samples: int, seed: int) -> Dict:
     z = torch.randn(samples, cfg.generator.nz, generator=torch.Generator().manual_seed(seed))
     logits = teacher(generator(z))
     share = torch.bincount(logits.argmax(1), minlength=n).float() / samples
-    loader = test_loader(cfg.data)
+    loader = evaluation_loader(cfg.data)
     per_class = {}
     for which, file in (("final", "student.safetensors"), ("best", "student_best.safetensors")):
         student = create_model(cfg.student.name, n, in_chans=cfg.data.channels)

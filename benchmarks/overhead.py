@@ -21,7 +21,7 @@ import torch
 from accelerate import Accelerator
 
 # benchmarks/ is this script's folder:
-from step_cost import PAIRS, build_parts, default_accelerator, interleaved_medians, write_results
+from step_cost import PAIRS, build_parts, dfad_accelerator, interleaved_medians, write_results
 
 from dfkd.machine import machine_description
 from dfkd.onestage import one_stage_step
@@ -110,7 +110,7 @@ def main(argv: List[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    accelerator = default_accelerator(cpu=True)  # a CPU benchmark, also where CUDA is available
+    accelerator = dfad_accelerator(cpu=True)  # a CPU benchmark, also where CUDA is available
     machine = machine_description()
     command = "python benchmarks/overhead.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     results = {}

@@ -2,7 +2,7 @@
 
     python benchmarks/pairs.py --name mnist --seeds 0 1 2 --jobs 2              # every MNIST pair, 3 seeds
     python benchmarks/pairs.py --name digits --dataset digits --seeds 0 1 2
-    python benchmarks/pairs.py --name mnist --merge benchmarks/results/pairs_mnist_s*.json   # seeds run apart
+    python benchmarks/pairs.py --name mnist --merge benchmarks/results/pairs_mnist_s*.json   # seeds run apart as mnist_sN
     python benchmarks/pairs.py --name smoke --pairs resnet --seeds 0 --epochs 1 --teacher-steps 20 \
         --teachers /tmp/dfkd-teachers --base "student_updates=50 eval_every=25 batch_size=32"
 
@@ -15,8 +15,9 @@ at a time. Writes ``benchmarks/results/pairs_NAME.md`` (+ .json): per pair the t
 the student's final and best accuracy over seeds, the generator's class coverage (``gen_classes``)
 and whether the targets hold: final >= 95 % of the teacher, final within 0.3 points of best.
 ``--merge`` trains nothing: it writes one report from the runs of earlier results files (seeds run on
-different days). A teacher retrained in between (its training is not bit-reproducible across machines)
-shows as a range of teacher accuracies; each run is compared with its own teacher.
+different days); the merged .json keeps every run with the command and machine of the file it came from, so
+those files need not be kept. A teacher retrained in between (its training is not bit-reproducible across
+machines) shows as a range of teacher accuracies; each run is compared with its own teacher.
 """
 from __future__ import annotations
 
@@ -122,10 +123,11 @@ def summarise(label: str, runs: List[Dict]) -> Dict:
     return row
 
 
-def merged_runs(files: List[Path], dataset: str) -> Tuple[List[Dict], List[str], Dict]:
-    """The runs of earlier results files of ``dataset``, the commands that made them, and the first file (its
-    machine, base and teacher epochs head the report); each (pair, seed) once, every file with the same base."""
-    runs, commands, seen, first = [], [], {}, None
+def merged_runs(files: List[Path], dataset: str) -> Tuple[List[Dict], List[Dict], Dict]:
+    """The runs of earlier results files of ``dataset``, the command and machine of each invocation that made
+    them, and the first file (its machine, base and teacher epochs head the report); each (pair, seed) once,
+    every file with the same base."""
+    runs, sources, seen, first = [], [], {}, None
     for file in files:
         data = json.loads(Path(file).read_text())
         first = first or data
@@ -134,14 +136,16 @@ def merged_runs(files: List[Path], dataset: str) -> Tuple[List[Dict], List[str],
         if data["base"] != first["base"]:
             raise ValueError(f"{file} ran with {' '.join(data['base'])!r}, {files[0]} with "
                              f"{' '.join(first['base'])!r}: merge only runs of one base")
-        commands += data.get("commands", [data["command"]])
+        commands = data.get("commands", [data["command"]])  # a merged file lists its sources
+        machines = data.get("machines", [data["machine"]] * len(commands))
+        sources += [{"command": c, "machine": m} for c, m in zip(commands, machines)]
         for run in data["runs"]:
             key = (run["pair"], run["seed"])
             if key in seen:
                 raise ValueError(f"{run['pair']} seed {run['seed']} is in {seen[key]} and in {file}: merge it once")
             seen[key] = file
             runs.append(run)
-    return sorted(runs, key=lambda r: (list(PAIRS).index(r["pair"]), r["seed"])), commands, first
+    return sorted(runs, key=lambda r: (list(PAIRS).index(r["pair"]), r["seed"])), sources, first
 
 
 def markdown(name: str, dataset: str, rows: List[Dict], machine: Dict[str, str], commands: List[str],
@@ -265,16 +269,18 @@ def main(argv: List[str] | None = None) -> int:
 def merge(args: argparse.Namespace, command: str) -> int:
     """``--merge``: the report of runs made by earlier invocations, read from their results files."""
     try:
-        runs, commands, first = merged_runs(args.merge, args.dataset)
+        runs, sources, first = merged_runs(args.merge, args.dataset)
     except (OSError, ValueError, KeyError) as err:
         sys.exit(f"pairs: --merge: {err}")
     labels = args.pairs or [p for p in PAIRS if any(r["pair"] == p for r in runs)]  # --pairs: checked by main
     runs = [r for r in runs if r["pair"] in labels]
     machine = {**first["machine"], "load": f"n/a (merged from {len(args.merge)} results files)"}
     rows = [summarise(label, [r for r in runs if r["pair"] == label]) for label in labels]
+    commands = [s["command"] for s in sources]
     text = markdown(args.name, args.dataset, rows, machine, commands, first["base"]) + f"\nMerged by `{command}`.\n"
     write_results(Path(args.results), f"pairs_{args.name}",
-                  {"machine": machine, "command": command, "commands": commands, "dataset": args.dataset,
+                  {"machine": machine, "command": command, "commands": commands,
+                   "machines": [s["machine"] for s in sources], "dataset": args.dataset,
                    "base": first["base"], "teacher_epochs": first["teacher_epochs"], "pairs": rows, "runs": runs},
                   text)
     return 0

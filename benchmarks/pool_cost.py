@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from overhead import block  # noqa: E402
-from step_cost import build_parts, default_accelerator, interleaved_medians, write_results  # noqa: E402
+from step_cost import build_parts, dfad_accelerator, interleaved_medians, write_results  # noqa: E402
 
 from dfkd.machine import machine_description  # noqa: E402
 from dfkd.pool import SamplePool  # noqa: E402
@@ -101,7 +101,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    accelerator = default_accelerator(cpu=True)
+    accelerator = dfad_accelerator(cpu=True)
     command = "python benchmarks/pool_cost.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     results = {"command": command, "machine": machine_description(), "pairs": {}}
     for name in args.pairs.split(","):

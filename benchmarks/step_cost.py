@@ -33,12 +33,11 @@ import torch
 from accelerate import Accelerator
 from torch.utils.flop_counter import FlopCounterMode
 
-from dfkd.build import make_accelerator, make_optimizers, prepare_teacher
+from dfkd.build import make_accelerator, make_parts
 from dfkd.compare import parse_scheme
-from dfkd.config import Config
-from dfkd.losses import ADVERSARIAL, Priors
 from dfkd.machine import machine_description
 from dfkd.models import Generator
+from dfkd.schema import Config
 from dfkd.schemes import SCHEMES, Parts
 from dfkd.weights import create_model
 
@@ -56,30 +55,25 @@ RATIOS = {"one_stage vs two_stage_k1": ("two_stage_k1", "one_stage"),
 EXPECTED = {"one_stage vs two_stage_k1": "1.6-1.7", "hybrid_k5 vs two_stage_k5": "1.15-1.2"}  # target speed-ups
 
 
-def default_accelerator(cpu: bool = False) -> Accelerator:
-    """dfkd's Accelerator for its default config; ``cpu`` keeps it on the CPU where CUDA is available
-    (Accelerate's own switch, as ``accelerate launch --cpu`` sets it)."""
+def dfad_accelerator(cpu: bool = False) -> Accelerator:
+    """dfkd's Accelerator for DFAD's hyper-parameters (the schema's defaults); ``cpu`` keeps it on the CPU where CUDA
+    is available (Accelerate's own switch, as ``accelerate launch --cpu`` sets it)."""
     if cpu:
         os.environ["ACCELERATE_USE_CPU"] = "true"
     return make_accelerator(Config())
 
 
 def build_parts(pair: Dict, batch: int, accelerator: Accelerator, seed: int = 0) -> Parts:
-    """Teacher (frozen, random init: timing does not depend on weights), student, generator and their
-    optimizers with dfkd's default hyper-parameters, made and prepared by dfkd.build's functions."""
+    """Teacher (frozen, random init: timing does not depend on weights), student and generator of ``pair``, made
+    into a run's parts by ``dfkd.build.make_parts`` under DFAD's hyper-parameters: the schema's defaults (L1, SGD
+    0.1, Adam 1e-3, no pool, no prior), not recipes/default.yaml, whose replay pool and EMA ``pool_cost`` times."""
     cfg = Config()
+    cfg.batch_size, cfg.seed, cfg.generator.ngf = batch, seed, pair["ngf"]
     torch.manual_seed(seed)
     teacher = create_model(pair["teacher"], 10, in_chans=pair["channels"]).eval().requires_grad_(False)
     student = create_model(pair["student"], 10, in_chans=pair["channels"])
     generator = Generator(cfg.generator.nz, pair["ngf"], 32, pair["channels"])
-    opt_s, opt_g = make_optimizers(cfg, student, generator)
-    student, generator, opt_s, opt_g = accelerator.prepare(student, generator, opt_s, opt_g)
-    priors = Priors(cfg.priors, teacher)  # before prepare_teacher, as dfkd.build.build orders them
-    teacher = prepare_teacher(accelerator, teacher)
-    z_rng = torch.Generator(accelerator.device).manual_seed(seed)
-    return Parts(student, teacher, generator, opt_s, opt_g, ADVERSARIAL[cfg.loss], priors, accelerator,
-                 lambda: torch.randn(batch, cfg.generator.nz, generator=z_rng, device=accelerator.device),
-                 cfg.max_scale)
+    return make_parts(cfg, teacher, student, generator, accelerator)
 
 
 def synchronize(device: torch.device) -> None:
@@ -235,7 +229,7 @@ def main(argv: List[str] | None = None) -> int:
         parser.error(f"unknown pair {unknown[0]!r}; choose from {', '.join(PAIRS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    accelerator = default_accelerator(cpu=args.cpu)
+    accelerator = dfad_accelerator(cpu=args.cpu)
     machine = machine_description()
     command = "python benchmarks/step_cost.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     results = {"device": str(accelerator.device), "machine": machine, "command": command, "pairs": {}}

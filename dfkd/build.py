@@ -17,17 +17,18 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dfkd.accuracy import evaluate, evaluation_loader
 from dfkd.checkpoint import prepare_run_dir, resume_candidates
-from dfkd.config import Config
 from dfkd.contract import Contract, resolve
 from dfkd.ema import ModelEMA
 from dfkd.errors import DfkdError
-from dfkd.evaluate import evaluate, test_loader
 from dfkd.features import Taps, stages_for
-from dfkd.losses import ADVERSARIAL, Priors, batchnorm_layers, bn_prior_weight
+from dfkd.losses import ADVERSARIAL
 from dfkd.models import Generator
-from dfkd.pool import make_pool
-from dfkd.schemes import Parts, cycle_updates, pool_intake, scheme_label
+from dfkd.pool import SamplePool, make_pool
+from dfkd.priors import PRIORS, Priors, batchnorm_layers, prior_weights, reads_of
+from dfkd.schema import Config
+from dfkd.schemes import LatentCodes, Parts, cycle_updates, pool_intake, scheme_label
 from dfkd.teacher import build_teacher
 from dfkd.weights import create_model
 
@@ -42,11 +43,9 @@ class Run:
     loader: DataLoader
     run_dir: Path
     candidates: List[Path]  # checkpoints to resume from, newest first
-    z_rng: torch.Generator
     base_lrs: List[float]
     teacher_acc: float
     contract: Contract
-    ema: Optional[ModelEMA] = None  # student.ema > 0: the averaged student, evaluated and exported
 
 
 def run_dir_for(cfg: Config) -> Path:
@@ -156,6 +155,49 @@ def check_teacher(cfg: Config, teacher_acc: float, contract: Contract, print_fn)
                  f"input pipeline differs (data.mean/std, image_size, crop_pct, interpolation, channels, classes)")
 
 
+def decide_nulls(cfg: Config, teacher: nn.Module, print_fn) -> None:
+    """Keys whose null the run decides from the teacher, written into ``cfg`` (config.yaml records the decision),
+    each said in one line: prior weights (``PRIORS``' auto rules) and ZSKT's split of attention transfer."""
+    decided = prior_weights(cfg.priors, teacher)
+    for name, prior in PRIORS.items():
+        if getattr(cfg.priors, name) is None:
+            setattr(cfg.priors, name, decided[name])
+            print_fn(f"[dfkd] priors.{name}=null decided from teacher {cfg.teacher.name}: priors.{name}={decided[name]:g}"
+                     f" ({prior.doc.split(';')[0]}; set priors.{name} to choose)")
+    if cfg.features.at_adversarial is None:  # ZSKT's split: the generator maximises the discrepancy alone
+        cfg.features.at_adversarial = False
+
+
+def make_parts(cfg: Config, teacher: nn.Module, student: nn.Module, generator: nn.Module, accelerator: Accelerator,
+               *, optimizers=None, pool: Optional[SamplePool] = None) -> Parts:
+    """The parts of a run from its config and its three networks, as every run, benchmark and test makes them:
+    the optimizers (``cfg``'s unless given), student and generator prepared by Accelerate, the latent codes, the
+    replay pool (``cfg``'s unless given), the priors and feature taps with their hooks, the weight averages."""
+    opt_s, opt_g = optimizers or make_optimizers(cfg, student, generator)
+    if cfg.channels_last:
+        for model in (student, generator, teacher):
+            model.to(memory_format=torch.channels_last)
+    student, generator, opt_s, opt_g = accelerator.prepare(student, generator, opt_s, opt_g)
+    local_batch = cfg.batch_size // accelerator.num_processes  # batch_size is the global batch
+    sample_z = LatentCodes(local_batch, cfg.generator.nz, accelerator.device, cfg.seed * 1000 + accelerator.process_index)
+    if pool is None:  # the pool keeps the teacher's pre-logits too when a prior draws them from it (None: size 0)
+        reads_pool = "pool" in reads_of(prior_weights(cfg.priors, teacher))
+        pool = make_pool(cfg, accelerator.device, accelerator.process_index,
+                         feature_dim=pre_logits_size(teacher) if reads_pool else 0)
+    stages = stages_for(teacher, bare(accelerator, student)) if cfg.features.at else 0
+    # before compiling: the hooks of the priors and of the feature taps sit on the networks' own layers
+    priors = Priors(cfg.priors, teacher, stages, pool)
+    return Parts(
+        student=student, teacher=prepare_teacher(accelerator, teacher, cfg.compile), generator=generator,
+        opt_s=opt_s, opt_g=opt_g, adversarial=ADVERSARIAL[cfg.loss], priors=priors, accelerator=accelerator,
+        sample_z=sample_z, max_scale=cfg.max_scale, pool=pool, pool_steps=cfg.pool.steps, pool_fresh=cfg.pool.fresh,
+        adversarial_weight=cfg.adversarial, at_weight=cfg.features.at, at_adversarial=bool(cfg.features.at_adversarial),
+        student_taps=Taps(bare(accelerator, student), "student", stages) if stages else None,
+        generator_ema=ModelEMA(bare(accelerator, generator), cfg.generator.ema, train_mode=True)
+        if cfg.generator.ema else None, ema_mix=cfg.generator.ema_mix,
+        student_ema=ModelEMA(bare(accelerator, student), cfg.student.ema) if cfg.student.ema else None)
+
+
 def build(cfg: Config) -> Run:
     """Everything a run needs, checked before anything trains or is written: accelerator, the resolved input
     contract, teacher (evaluated), student, generator, optimizers, evaluation data, resume candidates."""
@@ -165,53 +207,27 @@ def build(cfg: Config) -> Run:
     run_dir = run_dir_for(cfg)
     with accelerator.main_process_first():  # only one process trains a missing teacher
         teacher = build_teacher(cfg)
-    if cfg.priors.bn is None:  # the rule: on iff the teacher has BatchNorm; config.yaml records the value
-        cfg.priors.bn = bn_prior_weight(None, teacher)
-        if cfg.priors.bn:
-            accelerator.print(f"[dfkd] {cfg.teacher.name} has BatchNorm: BN-statistics prior on (priors.bn="
-                              f"{cfg.priors.bn}; priors.bn=0 turns it off)")
-    if cfg.features.at_adversarial is None:  # ZSKT's split: the generator maximises the discrepancy alone
-        cfg.features.at_adversarial = False
+    decide_nulls(cfg, teacher, accelerator.print)
     candidates = resume_candidates(cfg, run_dir)  # refuses a run directory made with another config
     student = create_model(cfg.student.name, cfg.data.num_classes, in_chans=cfg.data.channels)
     generator = make_generator(cfg)
     check_models(cfg, teacher, student, generator, contract)
-    loader = test_loader(cfg.data)
-    opt_s, opt_g = make_optimizers(cfg, student, generator)
-    base_lrs = [opt_s.param_groups[0]["lr"], opt_g.param_groups[0]["lr"]]
-    if cfg.channels_last:
-        for model in (student, generator, teacher):
-            model.to(memory_format=torch.channels_last)
-    student, generator, opt_s, opt_g, loader = accelerator.prepare(student, generator, opt_s, opt_g, loader)
-
-    z_rng = torch.Generator(accelerator.device).manual_seed(cfg.seed * 1000 + accelerator.process_index)
-    local_batch = cfg.batch_size // accelerator.num_processes  # batch_size is the global batch
-    # the pool keeps the teacher's pre-logits too when the contrastive prior draws its negatives from it
-    pool = make_pool(cfg, accelerator.device, accelerator.process_index,
-                     feature_dim=pre_logits_size(teacher) if cfg.priors.cmi else 0)  # None when pool.size=0
-    if pool is not None:
-        warn_pool_evicts(cfg, pool.capacity, pool_intake(cfg, local_batch), accelerator.print)
-    stages = stages_for(teacher, bare(accelerator, student)) if cfg.features.at else 0
-    # before compiling: the hooks of the priors and of the feature taps sit on the networks' own layers
-    priors = Priors(cfg.priors, teacher, stages, pool)
-    if cfg.adversarial == 0 and not priors.active:
-        raise DfkdError("adversarial=0 leaves the generator nothing to learn: switch a prior on (priors.oh, "
-                        "priors.ie, priors.act, priors.bn, priors.cmi) or set adversarial > 0")
-    teacher = prepare_teacher(accelerator, teacher, cfg.compile)  # frozen: not wrapped, never synchronised
-    parts = Parts(student, teacher, generator, opt_s, opt_g, ADVERSARIAL[cfg.loss], priors, accelerator,
-                  lambda: torch.randn(local_batch, cfg.generator.nz, generator=z_rng, device=accelerator.device),
-                  cfg.max_scale, pool, cfg.pool.steps, cfg.pool.fresh, cfg.adversarial,
-                  Taps(bare(accelerator, student), "student", stages) if stages else None, cfg.features.at,
-                  cfg.features.at_adversarial,
-                  ModelEMA(bare(accelerator, generator), cfg.generator.ema, train_mode=True)
-                  if cfg.generator.ema else None, cfg.generator.ema_mix)
-    ema = ModelEMA(bare(accelerator, student), cfg.student.ema) if cfg.student.ema else None
-    teacher_acc = evaluate(teacher, loader, accelerator)
+    loader = evaluation_loader(cfg.data)
+    parts = make_parts(cfg, teacher, student, generator, accelerator)
+    loader = accelerator.prepare(loader)
+    if parts.pool is not None:
+        warn_pool_evicts(cfg, parts.pool.capacity, pool_intake(cfg, cfg.batch_size // accelerator.num_processes),
+                         accelerator.print)
+    if cfg.adversarial == 0 and not parts.priors.active:
+        raise DfkdError(f"adversarial=0 leaves the generator nothing to learn: switch a prior on "
+                        f"({', '.join(f'priors.{name}' for name in PRIORS)}) or set adversarial > 0")
+    base_lrs = [parts.opt_s.param_groups[0]["lr"], parts.opt_g.param_groups[0]["lr"]]
+    teacher_acc = evaluate(parts.teacher, loader, accelerator)
     accelerator.print(f"[dfkd] input: {contract.describe(cfg)}")
     for warning in contract.warnings:
         accelerator.print(f"[dfkd] warning: {warning}")
     check_teacher(cfg, teacher_acc, contract, accelerator.print)
-    return Run(cfg, accelerator, parts, loader, run_dir, candidates, z_rng, base_lrs, teacher_acc, contract, ema)
+    return Run(cfg, accelerator, parts, loader, run_dir, candidates, base_lrs, teacher_acc, contract)
 
 
 def make_generator(cfg: Config) -> Generator:
@@ -240,8 +256,10 @@ def pre_logits_size(teacher: nn.Module) -> int:
     """Width of the teacher's pre-logits: the input of ``get_classifier()``."""
     size = getattr(teacher.get_classifier(), "in_features", None)
     if size is None:
-        raise DfkdError(f"priors.cmi reads the teacher's pre-logits, and its classifier "
-                        f"{type(teacher.get_classifier()).__name__} has no in_features; use priors.cmi=0")
+        raise DfkdError(f"a prior reads the teacher's pre-logits from the replay pool, and its classifier "
+                        f"{type(teacher.get_classifier()).__name__} has no in_features; switch off the priors "
+                        f"that read the pool (" + ", ".join(f"priors.{n}" for n, p in PRIORS.items() if "pool" in p.reads)
+                        + ")")
     return size
 
 

@@ -2,7 +2,7 @@
 
 A checkpoint is a folder ``run_dir/checkpoints/step_NNNNNN``: Accelerate's ``save_state``
 (student, generator, both optimizers, torch/numpy/python RNG states), ``dfkd_state_P.pt``
-per process (the loop's counters and the latent-code generator ``z_rng``), a copy of the
+per process (the loop's counters and the run's stateful extras: latent-code RNG, pool, averages), a copy of the
 run's ``config.yaml`` and, written last, ``complete`` (the size of every file). It is built
 under a temporary name and renamed into place, so a crash while writing leaves the previous
 checkpoint as the newest complete one.
@@ -13,15 +13,17 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
 
-from dfkd.config import LOGGING_KEYS, Config
 from dfkd.errors import DfkdError
+from dfkd.schema import LOGGING_KEYS, Config
 
 COMPLETE = "complete"
+
+
 class DamagedCheckpoint(Exception):
     """A checkpoint folder that cannot be restored (truncated, corrupt, or not dfkd's)."""
 
@@ -71,9 +73,10 @@ def resume_candidates(cfg: Config, run_dir: Path) -> List[Path]:
     return found
 
 
-def restore(accelerator, candidates: List[Path], z_rng: torch.Generator,
+def restore(accelerator, candidates: List[Path], load_extras: Callable[[Dict], None],
             explicit: bool) -> Tuple[Optional[Path], Dict]:
-    """Load the newest loadable checkpoint into everything the accelerator prepared: (its path, its counters).
+    """Load the newest loadable checkpoint into everything the accelerator prepared, and the run's stateful extras
+    through ``load_extras``: (its path, its counters).
 
     A damaged newest checkpoint falls back to the previous one, saying so (unless it was named explicitly).
     """
@@ -86,7 +89,7 @@ def restore(accelerator, candidates: List[Path], z_rng: torch.Generator,
                     raise DamagedCheckpoint(f"{name} is {actual} bytes, expected {size}")
             accelerator.load_state(str(ckpt))  # model files are strict: another architecture fails here
             state = torch.load(ckpt / f"dfkd_state_{accelerator.process_index}.pt", weights_only=True)
-            z_rng.set_state(state.pop("z_rng"))
+            load_extras(state)  # latent-code RNG, pool, averages: Parts.extras
         except Exception as err:
             reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}" if str(err) else type(err).__name__
             if explicit or i + 1 == len(candidates):
@@ -108,16 +111,16 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(accelerator, run_dir: Path, counters: Dict, z_rng: torch.Generator, keep: int) -> Path:
+def save_checkpoint(accelerator, run_dir: Path, state: Dict, keep: int) -> Path:
     """Write ``run_dir/checkpoints/step_NNNNNN`` atomically and keep only the newest ``keep`` ones."""
     folder = run_dir / "checkpoints"
-    final = folder / f"step_{counters['updates']:06d}"
+    final = folder / f"step_{state['updates']:06d}"
     tmp = folder / f".tmp-{final.name}"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
-    torch.save({**counters, "z_rng": z_rng.get_state()}, tmp / f"dfkd_state_{accelerator.process_index}.pt")
+    torch.save(state, tmp / f"dfkd_state_{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.copyfile(run_dir / "config.yaml", tmp / "config.yaml")
@@ -131,22 +134,31 @@ def save_checkpoint(accelerator, run_dir: Path, counters: Dict, z_rng: torch.Gen
         tmp.rename(final)
         _fsync(folder)
         for old in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old)
+            remove_checkpoint(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def remove_checkpoint(ckpt: Path) -> None:
+    """Delete a checkpoint folder, its ``complete`` marker first: a crash half-way leaves a folder that no resume
+    takes for complete, and the next start removes it (``prepare_run_dir``)."""
+    (ckpt / COMPLETE).unlink(missing_ok=True)
+    _fsync(ckpt)
+    shutil.rmtree(ckpt)
 
 
 def prepare_run_dir(accelerator, run_dir: Path, fresh: bool) -> None:
     """Drop unfinished checkpoint folders; on a fresh start, also the checkpoints of an earlier run here."""
     folder = run_dir / "checkpoints"
     if accelerator.is_main_process and folder.is_dir():
-        for tmp in folder.glob(".tmp-*"):
+        # unfinished writes, and folders whose pruning a crash interrupted (marker gone first: never restorable)
+        for tmp in [*folder.glob(".tmp-*"), *(p for p in folder.glob("step_*") if not (p / COMPLETE).is_file())]:
             shutil.rmtree(tmp)
         old = complete_checkpoints(run_dir)
         if fresh and old:
             accelerator.print(f"[dfkd] starting over in {run_dir}: removing {len(old)} old checkpoint(s)")
             for ckpt in old:
-                shutil.rmtree(ckpt)
+                remove_checkpoint(ckpt)
     accelerator.wait_for_everyone()
 
 

@@ -10,10 +10,10 @@ import importlib
 import sys
 from dataclasses import MISSING, Field
 from enum import Enum
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from dfkd.config import schema_fields
 from dfkd.errors import DfkdError
+from dfkd.schema import schema_fields
 
 COMMANDS = {  # subcommand -> (module whose main(argv) runs it, what it does: one line of `dfkd --help`)
     "distill": ("dfkd.distill", "distil a teacher into a student, without data"),
@@ -56,7 +56,7 @@ def one_line_errors(run: Callable[[], object], prog: str = "dfkd") -> int:
 
 
 def show(value) -> str:
-    """A default as it is written on the command line: null, true, cosine, [0.2, 0.4]."""
+    """A value as it is written on the command line: null, true, cosine, [0.2, 0.4]."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -64,17 +64,23 @@ def show(value) -> str:
     return value.value if isinstance(value, Enum) else str(value)
 
 
-def key_listing(schema, resumable: bool = True) -> List[str]:
-    """One line per key of a schema dataclass (``dfkd.config.key`` fields): dotted key, default, meaning;
-    with ``resumable``, which keys a resumed run may change (dfkd distill's logging keys)."""
+def key_listing(schema, resumable: bool = True, values: Optional[Dict[str, Any]] = None,
+                origin: str = "") -> List[str]:
+    """One line per key of a schema dataclass (``dfkd.schema.key`` fields): dotted key, value, meaning. The value is
+    the schema's default, or ``values[key]`` (what a run with no overrides uses) marked ``origin (schema: DEFAULT)``
+    where it differs; with ``resumable``, which keys a resumed run may change (dfkd distill's logging keys)."""
     def default(f: Field):
         return f.default_factory() if f.default_factory is not MISSING else f.default
 
-    rows = [(name, show(default(f)), f.metadata.get("doc", "")
-             + ("; a resumed run may change it" if resumable and f.metadata.get("logging") else ""))
-            for name, f in schema_fields(schema)]
-    key_width, default_width = (max(len(row[i]) for row in rows) for i in (0, 1))
-    return [f"  {name:<{key_width}}  {value:<{default_width}}  {doc}" for name, value, doc in rows]
+    rows = []
+    for name, f in schema_fields(schema):
+        value, schema_value = show(default(f)), show(default(f))
+        if values is not None and name in values and show(values[name]) != schema_value:
+            value = f"{show(values[name])}  ({origin}; schema: {schema_value})"
+        rows.append((name, value, f.metadata.get("doc", "")
+                     + ("; a resumed run may change it" if resumable and f.metadata.get("logging") else "")))
+    key_width, value_width = (max(len(row[i]) for row in rows) for i in (0, 1))
+    return [f"  {name:<{key_width}}  {value:<{value_width}}  {doc}" for name, value, doc in rows]
 
 
 if __name__ == "__main__":

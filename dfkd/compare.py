@@ -2,22 +2,29 @@
 
     dfkd compare recipe=default schemes=[two_stage_k5,two_stage_k1,one_stage,hybrid_k5] seeds=3 budget=updates:2000
     dfkd compare "schemes=[hybrid_k5,hybrid_k5+pool.size=20000+pool.steps=2]" budget=time:600
+    dfkd compare "schemes=[DFAD=two_stage_k5+pool.size=0+student.ema=0,default=hybrid_k5]" seeds=3
     dfkd compare "methods=[dfad,dafl,zskt,cmi+pool.size=50000]" schemes=[two_stage_k5,hybrid_k5] seeds=3
 
 A scheme is named as in ``SCHEMES`` (dfkd/schemes.py), with its k unless it ignores k: one_stage,
 two_stage_k5, hybrid_k5. An entry may add ``+key=value`` recipe overrides of its own, to compare
-variants of one scheme (values without ``+`` or ``,``). ``methods=[...]`` runs each method preset
-(dfkd/methods.py, with ``+key=value`` overrides of its own) under every scheme: the entries become
-``<scheme>+method=<method>``. Every run shares the models, data, budget
-(student updates, or training seconds with ``budget=time:S``) and evaluation schedule; only the
-scheme (and its overrides) and the seed change. Other ``key=value`` arguments are recipe overrides,
-as for ``dfkd distill``. Writes into ``out``: results.md, results.csv (one row per entry),
-accuracy_vs_time.png (+ .json: the plotted lines) and runs/<entry>-s<seed>/ (each run's config,
-metrics.jsonl and summary.json; the entry's characters outside A-Z a-z 0-9 . _ - become _).
+variants of one scheme (values without ``+`` or ``,``), and may start with ``LABEL=``: the name its
+row, plot line and run folders carry instead of the entry as written (letters, digits, '.', '_', '-').
+``methods=[...]`` runs each method preset (dfkd/methods.py, with ``+key=value`` overrides and a label
+of its own) under every scheme: the entries become ``<scheme>+method=<method>``, all named
+``<method>-<scheme>`` (labels, else bare names) when a method or a scheme is labelled. Every run
+shares the models, data, budget (student updates, or training seconds with ``budget=time:S``) and
+evaluation schedule; only the scheme (and its overrides) and the seed change. Other ``key=value``
+arguments are recipe overrides, as for ``dfkd distill``. Writes into ``out``: results.md, results.csv
+(one row per entry), accuracy_vs_time.png (+ .json: the plotted lines), runs.jsonl.gz (one JSON line
+per run: entry, seed, folder, config, summary and every metrics record; the file to keep) and
+runs/<folder>-s<seed>/ (each run's files and checkpoints). The folder is the label, else the entry with
+characters outside A-Z a-z 0-9 . _ - as _, cut short with a hash of its overrides past 50 characters.
 """
 from __future__ import annotations
 
 import csv
+import gzip
+import hashlib
 import json
 import os
 import re
@@ -36,10 +43,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dfkd.cli import one_line_errors
-from dfkd.config import Config, load_config
+from dfkd.config import load_config
 from dfkd.errors import DfkdError
 from dfkd.machine import machine_description
 from dfkd.methods import method_keys
+from dfkd.schema import Config
 from dfkd.schemes import cycle_updates, parse_scheme, scheme_label
 
 FRACTIONS = (0.90, 0.95, 0.97, 0.99)  # time-to-accuracy thresholds, as fractions of the teacher's accuracy
@@ -47,6 +55,8 @@ TTA = {f: f"tta{round(f * 100)}" for f in FRACTIONS}  # their results.csv column
 SET_BY_COMPARE = ("scheme", "k", "run_name", "out_dir")
 SET_PER_RUN = (*SET_BY_COMPARE, "seed")  # an entry's own overrides may not set these
 NOT_REACHED = "not reached"
+NAME_MAX = 50  # characters of a label or run folder (then -s<seed>): paths stay short on every file system
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass
@@ -59,9 +69,36 @@ class CompareConfig:
     out: Optional[str] = None  # results directory; null: <out_dir>/compare-<recipe>-<date>-<time>
 
 
+def split_label(entry: str) -> Tuple[Optional[str], str]:
+    """``DFAD=two_stage_k5+pool.size=0`` -> ("DFAD", "two_stage_k5+pool.size=0"); no label -> (None, entry)."""
+    if "=" not in entry.split("+", 1)[0]:
+        return None, entry
+    label, _, rest = entry.partition("=")
+    if not LABEL.fullmatch(label) or len(label) > NAME_MAX:
+        raise DfkdError(f"label '{label}' of entry '{entry}' must be 1-{NAME_MAX} letters, digits, '.', '_' or '-', "
+                        "starting with a letter or digit (e.g. DFAD=two_stage_k5+pool.size=0)")
+    return label, rest
+
+
+def entry_name(entry: str) -> str:
+    """What the table, the plot and the run order call an entry: its label, else the entry as written."""
+    label, rest = split_label(entry)
+    return label or rest
+
+
+def method_entries(schemes: List[str], methods: List[str]) -> List[str]:
+    """Every methods entry under every schemes entry: ``<scheme>+method=<method>``; when any of them is labelled,
+    every entry is named ``<method>-<scheme>``, each part by its label, else by its bare name."""
+    schemes, methods = [split_label(e) for e in schemes], [split_label(e) for e in methods]
+    named = any(label for label, _ in schemes + methods)
+    return [(f"{m_label or method.split('+')[0]}-{s_label or scheme.split('+')[0]}=" if named else "")
+            + f"{scheme}+method={method}" for m_label, method in methods for s_label, scheme in schemes]
+
+
 def parse_entry(entry: str) -> Tuple[str, int, List[str]]:
-    """``hybrid_k5+pool.size=20000+pool.steps=2`` -> ("hybrid", 5, ["pool.size=20000", "pool.steps=2"])."""
-    name, *overrides = entry.split("+")
+    """``hybrid_k5+pool.size=20000+pool.steps=2`` -> ("hybrid", 5, ["pool.size=20000", "pool.steps=2"]); a
+    leading ``LABEL=`` is checked and dropped."""
+    name, *overrides = split_label(entry)[1].split("+")
     for override in overrides:
         key = override.split("=", 1)[0].strip()
         if "=" not in override:
@@ -73,10 +110,16 @@ def parse_entry(entry: str) -> Tuple[str, int, List[str]]:
 
 
 def run_folder(entry: str) -> str:
-    """A schemes entry as a file name (its runs are ``<this>-s<seed>``): the scheme as ``dfkd distill`` names
-    it, then its overrides, with characters outside the POSIX portable set (A-Z a-z 0-9 . _ -) as _."""
+    """A schemes entry as a file name (its runs are ``<this>-s<seed>``): its label; unlabelled, the scheme as
+    ``dfkd distill`` names it, then its overrides, with characters outside the POSIX portable set
+    (A-Z a-z 0-9 . _ -) as _; past NAME_MAX characters, cut short and ended by a hash of the overrides."""
+    label, _ = split_label(entry)
     scheme, k, overrides = parse_entry(entry)
-    return re.sub(r"[^A-Za-z0-9._-]", "_", "+".join([scheme_label(scheme, k), *overrides]))
+    plain = label or re.sub(r"[^A-Za-z0-9._-]", "_", "+".join([scheme_label(scheme, k), *overrides]))
+    if len(plain) <= NAME_MAX:
+        return plain
+    digest = hashlib.sha1("+".join(overrides).encode()).hexdigest()[:8]
+    return f"{plain[:NAME_MAX - len(digest) - 1].rstrip('._-')}-{digest}"
 
 
 def budget_overrides(budget: Optional[str]) -> List[str]:
@@ -108,20 +151,20 @@ def parse_args(argv: List[str]) -> Tuple[CompareConfig, List[str]]:
                         "(e.g. schemes=[two_stage_k5,one_stage] seeds=3)") from err
     if cfg.seeds < 1 or cfg.warmup < 0:
         raise DfkdError(f"need seeds >= 1 and warmup >= 0, got seeds={cfg.seeds} warmup={cfg.warmup}")
-    if not cfg.schemes or len(set(cfg.schemes)) != len(cfg.schemes):
-        raise DfkdError(f"schemes must be a non-empty list without repeats, got {cfg.schemes}")
+    if not cfg.schemes:
+        raise DfkdError("schemes must be a non-empty list (e.g. schemes=[two_stage_k5,one_stage])")
     if cfg.methods:  # every method under every scheme: the method is one more override of the entry
-        if len(set(cfg.methods)) != len(cfg.methods):
-            raise DfkdError(f"methods must be a list without repeats, got {cfg.methods}")
         for method in cfg.methods:
-            method_keys(method.split("+")[0])
-        cfg.schemes = [f"{scheme}+method={method}" for method in cfg.methods for scheme in cfg.schemes]
-    for entry in cfg.schemes:
-        parse_entry(entry)
-    folders = [run_folder(entry) for entry in cfg.schemes]
-    if len(set(folders)) != len(folders):
-        raise DfkdError(f"schemes {cfg.schemes} would share run folders {folders}; make the entries differ "
-                        "in letters, digits, '.', '_' or '-'")
+            method_keys(split_label(method)[1].split("+")[0])
+        cfg.schemes = method_entries(cfg.schemes, cfg.methods)
+    names = [entry_name(entry) for entry in cfg.schemes]
+    if len(set(names)) != len(names):
+        raise DfkdError(f"schemes and methods must be lists without repeats, each entry named once (by its label, "
+                        f"else as written), got {names}")
+    folders = [run_folder(entry) for entry in cfg.schemes]  # parses and checks every entry
+    if len({f.lower() for f in folders}) != len(folders):  # lower: one folder on case-insensitive file systems
+        raise DfkdError(f"schemes {cfg.schemes} would share run folders {folders} (letter case aside, as some file "
+                        "systems see them); make the labels or entries differ in letters, digits, '.', '_' or '-'")
     budget = budget_overrides(cfg.budget)  # [] or [student_updates=N] or [max_train_seconds=S]
     key = budget[0].split("=")[0] if budget else None
     if any(a.split("=", 1)[0].strip() == key for a in recipe):
@@ -196,7 +239,9 @@ def write_markdown(path: Path, rows: List[Dict], runs: List[Dict], cfg: CompareC
     budget = (f"{base.max_train_seconds:g} training seconds per run (ending at the first whole cycle past it; at most "
               f"{base.student_updates} student updates, the {base.lr_schedule} lr schedule's horizon)"
               if base.max_train_seconds else f"{base.student_updates} student updates per run")
-    order = ", ".join(f"{r['scheme']} s{r['seed']}" for r in runs)
+    order = ", ".join(f"{entry_name(r['entry'])} s{r['seed']}" for r in runs)
+    labels = [f"`{label}` = `{rest}`" for label, rest in map(split_label, cfg.schemes) if label]
+    entries = f"\nEntries: {'; '.join(labels)}.\n" if labels else ""
     text = f"""# dfkd compare: {base.recipe}
 
 `{command}`
@@ -206,7 +251,7 @@ budget {budget}, evaluation every {base.eval_every} student updates, {cfg.seeds}
 (mean ± sample std over seeds; times are means).
 
 {chr(10).join(table)}
-
+{entries}
 ## How it was timed
 - Machine: {machine['cpu']}, {machine['cores']} usable cores, torch {machine['torch']} with {machine['torch_threads']} threads,
   GPU: {machine['gpu']}, Python {machine['python']}, {machine['date']}; 1-minute load average {machine['load']} at the start,
@@ -220,7 +265,8 @@ budget {budget}, evaluation every {base.eval_every} student updates, {cfg.seeds}
   synchronises the device before it reads the clock. *wall s*: a run's whole loop, evaluation included.
 - Time-to-accuracy: training seconds at the first evaluation whose test accuracy reaches 90 / 95 / 97 / 99 % of the
   teacher's; resolution is one evaluation interval; mean over the seeds that reached it.
-- Whole comparison: {total_s:.0f} s. Per run: runs/<entry>-s<seed>/ (config.yaml, metrics.jsonl, summary.json).
+- Whole comparison: {total_s:.0f} s. Per run: one line of runs.jsonl.gz (entry, seed, folder, config, summary,
+  every metrics record), from runs/<folder>-s<seed>/ (config.yaml, metrics.jsonl, summary.json).
 """
     path.write_text(text)
 
@@ -258,8 +304,35 @@ def plot_accuracy_vs_time(by_scheme: Dict[str, List[Dict]], teacher_acc: float, 
              "y": [float(v) for v in ln.get_ydata()]} for ln in by_time.get_lines()]
 
 
+def run_record(entry: str, seed: int, run_dir: Path) -> Dict:
+    """One run as runs.jsonl.gz keeps it: entry, seed, folder, resolved config, summary, every metrics record."""
+    with open(run_dir / "metrics.jsonl") as lines:
+        metrics = [json.loads(line) for line in lines]
+    return {"entry": entry, "seed": seed, "run": run_dir.name,
+            "config": OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")),
+            "summary": json.loads((run_dir / "summary.json").read_text()), "metrics": metrics}
+
+
+def write_runs(path: Path, records: List[Dict]) -> None:
+    """Every run of a comparison in one file, one JSON line each; gzip without a timestamp (same runs, same bytes)."""
+    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in records).encode(), mtime=0))
+
+
+def read_runs(path: Path) -> List[Dict]:
+    """The run records of a runs.jsonl.gz (``zcat runs.jsonl.gz`` shows them too)."""
+    return [json.loads(line) for line in gzip.decompress(Path(path).read_bytes()).decode().splitlines()]
+
+
+def measured(record: Dict) -> Dict:
+    """A run record with what the table and the plot are made of: its evaluations and time-to-accuracy."""
+    evaluations = [m for m in record["metrics"] if "test_acc" in m]
+    teacher_acc = record["summary"]["teacher_acc"]
+    return {**record, "evaluations": evaluations,
+            "tta": {f: time_to_accuracy(evaluations, f * teacher_acc) for f in FRACTIONS}}
+
+
 def run_all(cfg: CompareConfig, recipe: List[str], plan: List[Tuple[int, str, Config]]) -> List[Dict]:
-    """The discarded warm-up runs, then every planned run in order; returns the runs with their evaluations."""
+    """The discarded warm-up runs, then every planned run in order; returns their records (``run_record``)."""
     from dfkd.trainer import distill  # late import: `dfkd compare --help` and argument errors stay fast
 
     if cfg.warmup:
@@ -268,15 +341,11 @@ def run_all(cfg: CompareConfig, recipe: List[str], plan: List[Tuple[int, str, Co
                 print(f"[dfkd compare] warm-up (discarded): {scheme}, {cfg.warmup} student updates", flush=True)
                 distill(run_config(recipe, scheme, plan[0][0], Path(tmp),
                                    [f"student_updates={cfg.warmup}", f"eval_every={cfg.warmup}"]))
-    runs = []
-    for order, (seed, scheme, run_cfg) in enumerate(plan, 1):
-        print(f"[dfkd compare] run {order}/{len(plan)}: {scheme} seed {seed}", flush=True)
-        summary = distill(run_cfg)
-        with open(Path(summary["run_dir"]) / "metrics.jsonl") as lines:  # evaluation records only
-            evaluations = [r for r in map(json.loads, lines) if "test_acc" in r]
-        tta = {f: time_to_accuracy(evaluations, f * summary["teacher_acc"]) for f in FRACTIONS}
-        runs.append({"scheme": scheme, "seed": seed, "summary": summary, "evaluations": evaluations, "tta": tta})
-    return runs
+    records = []
+    for order, (seed, entry, run_cfg) in enumerate(plan, 1):
+        print(f"[dfkd compare] run {order}/{len(plan)}: {entry_name(entry)} seed {seed}", flush=True)
+        records.append(run_record(entry, seed, Path(distill(run_cfg)["run_dir"])))
+    return records
 
 
 def compare(argv: List[str]) -> Path:
@@ -297,11 +366,13 @@ def compare(argv: List[str]) -> Path:
     command = "dfkd compare " + " ".join(shlex.quote(a) for a in argv)
     machine = machine_description()
     start = time.perf_counter()
-    runs = run_all(cfg, recipe, plan)
+    records = run_all(cfg, recipe, plan)
     total_s = time.perf_counter() - start
     machine["load_end"] = f"{os.getloadavg()[0]:.2f}"
 
-    by_scheme = {name: [r for r in runs if r["scheme"] == name] for name in cfg.schemes}
+    write_runs(out / "runs.jsonl.gz", records)
+    runs = [measured(r) for r in records]
+    by_scheme = {entry_name(e): [r for r in runs if r["entry"] == e] for e in cfg.schemes}
     rows = [summarise(name, group) for name, group in by_scheme.items()]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

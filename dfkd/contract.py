@@ -18,30 +18,15 @@ the exported card and the normalisation inside exported files all carry the same
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from dfkd.config import INTERPOLATIONS, Config
+from dfkd.card import find_card, read_card
+from dfkd.config import check_contract
 from dfkd.errors import DfkdError
+from dfkd.schema import Config
 
-# What people call each field in the cards they write; the first name is timm's (or dfkd's).
-SPELLINGS = {
-    "architecture": ("architecture", "arch", "model", "model_name", "timm_name"),
-    "channels": ("in_chans", "channels", "in_channels", "num_channels", "input_channels", "n_channels"),
-    "num_classes": ("num_classes", "n_classes", "nb_classes", "classes"),
-    "input_size": ("input_size", "image_size", "img_size", "resolution", "size"),
-    "mean": ("mean", "pixel_mean", "image_mean", "norm_mean"),
-    "std": ("std", "pixel_std", "image_std", "norm_std"),
-    "interpolation": ("interpolation", "resample", "resize_interpolation"),
-    "crop_pct": ("crop_pct", "crop_ratio"),
-    "accuracy": ("test_accuracy", "test_acc", "accuracy", "acc", "top1", "top1_acc", "val_accuracy", "val_acc"),
-    "classes": ("label_names", "class_names", "classes", "labels"),
-    "kwargs": ("model_args", "model_kwargs", "kwargs"),
-}
-NESTED = ("pretrained_cfg", "normalization", "normalize", "preprocessing", "data_config", "input")
-CARD_NAMES = ("{stem}.json", "{name}.json", "{stem}.card.json", "{stem}_card.json", "card.json", "config.json")
 DATASET_CLASSES = {"mnist": 10, "digits": 10, "cifar10": 10, "cifar100": 100}
 
 
@@ -69,138 +54,93 @@ def _fmt(values: List[float]) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
-def find_card(teacher) -> Optional[Path]:
-    """``teacher.card``, else the first card-like JSON file beside the checkpoint."""
-    if teacher.card:
-        path = Path(teacher.card).expanduser()
-        if not path.is_file():
-            raise DfkdError(f"teacher.card '{teacher.card}' not found; pass the JSON file describing the teacher "
-                            f"or leave teacher.card unset")
-        return path
-    return card_beside(teacher.checkpoint) if teacher.checkpoint else None
+def take(cfg: Config, contract: Contract, key: str, value: Any, source: str) -> None:
+    """Fill contract key ``key`` of ``cfg`` with ``value`` if the user left it null, and record where it came from."""
+    target, attr = (cfg.teacher, "name") if key == "architecture" else (cfg.data, key)
+    if getattr(target, attr) is None and value is not None:
+        setattr(target, attr, value)
+        contract.sources[key] = source
 
 
-def card_beside(checkpoint: str) -> Optional[Path]:
-    """The first card-like JSON file beside a checkpoint (``CARD_NAMES``), or None."""
-    ckpt = Path(checkpoint).expanduser()
-    for pattern in CARD_NAMES:
-        path = ckpt.parent / pattern.format(stem=ckpt.stem, name=ckpt.name)
-        if path.is_file() and path != ckpt and isinstance(_load_json(path, quiet=True), dict):
-            return path
-    return None
-
-
-def _load_json(path: Path, quiet: bool = False) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        if quiet:
-            return None
-        raise DfkdError(f"teacher card '{path}' is not valid JSON ({err}); fix it or pass teacher.card=PATH") from err
-
-
-def read_card(path: Path) -> Dict[str, Any]:
-    """The card's values under dfkd's names (see SPELLINGS); nested timm ``pretrained_cfg`` blocks included."""
-    raw = _load_json(path)
-    if not isinstance(raw, dict):
-        raise DfkdError(f"teacher card '{path}' is not a JSON object")
-    flat = dict(raw)
-    for key in NESTED:  # inner blocks fill what the top level does not say
-        if isinstance(raw.get(key), dict):
-            flat = {**raw[key], **{k: v for k, v in flat.items() if k != key}}
-    card: Dict[str, Any] = {}
-    for canon, names in SPELLINGS.items():
-        for name in names:
-            value = flat.get(name)
-            if value is None or (canon == "num_classes" and not isinstance(value, int)):
-                continue  # `classes` is a count only when it is a number
-            if (canon == "classes" and not isinstance(value, list)) or (canon == "architecture"
-                                                                         and not isinstance(value, str)):
-                continue
-            card[canon] = value
-            break
-    size = card.pop("input_size", None)
-    if isinstance(size, (list, tuple)) and len(size) == 3:
-        card.setdefault("channels", int(size[0]))
-        size = size[1:]
-    if isinstance(size, (list, tuple)):
-        if len(size) != 2 or size[0] != size[1]:
-            raise DfkdError(f"teacher card '{path}': input_size {size} is not square; dfkd generates square images")
-        size = size[0]
-    if size is not None:
-        card["image_size"] = int(size)
-    for key in ("mean", "std"):
-        if key in card and not isinstance(card[key], list):
-            card[key] = [card[key]]
-    if "mean" in card and "std" in card and max(card["mean"]) > 1.5:  # written for 0-255 pixels
-        card["mean"] = [m / 255 for m in card["mean"]]
-        card["std"] = [s / 255 for s in card["std"]]
-    if "accuracy" in card:
-        acc = float(card["accuracy"])
-        card["accuracy"] = acc * 100 if acc <= 1 else acc  # a fraction or a percentage
-    return card
-
-
-def resolve(cfg: Config) -> Contract:
-    """Fill the null contract keys of ``cfg`` (teacher.name and data.*) in place; returns where each came from."""
-    from dfkd.weights import pretrained_cfg, read_state_dict, weight_shapes
-
-    d, contract = cfg.data, Contract()
+def from_card(cfg: Config, contract: Contract) -> None:
+    """Step 2: the card's values (and its constructor keywords), and a plain resize where it gives no crop."""
     card_path = find_card(cfg.teacher)
-    card = read_card(card_path) if card_path else {}
+    if card_path is None:
+        return
+    card, label = read_card(card_path), f"card {card_path.name}"
     contract.card, contract.card_accuracy = card_path, card.get("accuracy")
-    card_label = f"card {card_path.name}" if card_path else ""
-
-    def take(key: str, value: Any, source: str) -> None:
-        target = cfg.teacher if key == "architecture" else d
-        attr = "name" if key == "architecture" else key
-        if getattr(target, attr) is None and value is not None:
-            setattr(target, attr, value)
-            contract.sources[key] = source
-
     for key in ("architecture", "channels", "num_classes", "image_size", "mean", "std", "interpolation",
                 "crop_pct", "classes"):
         if key in card:
-            take(key, card[key], card_label)
+            take(cfg, contract, key, card[key], label)
     if card.get("architecture") not in (None, cfg.teacher.name):
-        contract.warnings.append(f"teacher.name={cfg.teacher.name} but its {card_label} says {card['architecture']}")
-    for key, value in card.get("kwargs", {}).items() if isinstance(card.get("kwargs"), dict) else []:
+        contract.warnings.append(f"teacher.name={cfg.teacher.name} but its {label} says {card['architecture']}")
+    for key, value in card.get("kwargs", {}).items():
         if key not in ("num_classes", "in_chans", "pretrained"):
             cfg.teacher.kwargs.setdefault(key, value)
-    if cfg.teacher.name is None:
-        raise DfkdError("no teacher architecture: set teacher.name=ARCH (a timm model name), or put "
-                        "\"architecture\" in the teacher's card")
-    if card_path and ("image_size" in card or "mean" in card):
-        plain = f"{card_label}, which gives no resize/crop: a plain resize"
-        take("interpolation", "bilinear", plain)
-        take("crop_pct", 1.0, plain)
-    arch = pretrained_cfg(cfg.teacher.name)
+    if "image_size" in card or "mean" in card:
+        plain = f"{label}, which gives no resize/crop: a plain resize"
+        take(cfg, contract, "interpolation", "bilinear", plain)
+        take(cfg, contract, "crop_pct", 1.0, plain)
+
+
+def from_checkpoint(cfg: Config, contract: Contract, arch: Dict) -> None:
+    """Step 3: input channels from the first convolution's weight, classes from the classifier's."""
+    from dfkd.weights import read_state_dict, weight_shapes
+
     ckpt = cfg.teacher.checkpoint
-    if ckpt and Path(ckpt).expanduser().is_file():
-        state = read_state_dict(ckpt)
-        conv, head = weight_shapes(cfg.teacher.name, state, (arch.get("first_conv"), arch.get("classifier")))
-        take("channels", conv[1] if conv is not None and len(conv) == 4 else None, "checkpoint")
-        take("num_classes", head[0] if head is not None and len(head) == 2 else None, "checkpoint")
+    if not (ckpt and Path(ckpt).expanduser().is_file()):
+        return
+    conv, head = weight_shapes(cfg.teacher.name, read_state_dict(ckpt), (arch.get("first_conv"), arch.get("classifier")))
+    take(cfg, contract, "channels", conv[1] if conv is not None and len(conv) == 4 else None, "checkpoint")
+    take(cfg, contract, "num_classes", head[0] if head is not None and len(head) == 2 else None, "checkpoint")
+
+
+def from_dataset(cfg: Config, contract: Contract) -> None:
+    """Step 4: the class count of a built-in dataset, or of an ImageFolder's class folders."""
+    d = cfg.data
     if d.dataset in DATASET_CLASSES:
-        take("num_classes", DATASET_CLASSES[d.dataset], f"dataset {d.dataset}")
+        take(cfg, contract, "num_classes", DATASET_CLASSES[d.dataset], f"dataset {d.dataset}")
     elif d.dataset == "imagefolder" and Path(d.root).expanduser().is_dir():
         from dfkd.data import class_folders  # late: data needs torch
 
         labels = class_folders(Path(d.root).expanduser(), d.classes).values()
-        take("num_classes", len(d.classes) if d.classes else max(labels, default=-1) + 1 or None, "class folders")
-    arch_label = f"{cfg.teacher.name}'s timm pretrained_cfg"
+        count = len(d.classes) if d.classes else max(labels, default=-1) + 1 or None
+        take(cfg, contract, "num_classes", count, "class folders")
+
+
+def from_architecture(cfg: Config, contract: Contract, arch: Dict) -> None:
+    """Step 5: what is still null, from the architecture's timm ``pretrained_cfg``."""
+    label = f"{cfg.teacher.name}'s timm pretrained_cfg"
     size = arch.get("input_size") or (3, 224, 224)
-    take("channels", size[0], arch_label)
-    take("image_size", size[1], arch_label)
-    take("num_classes", arch.get("num_classes"), arch_label)
-    take("interpolation", arch.get("interpolation") or "bicubic", arch_label)
-    take("crop_pct", arch.get("crop_pct") or 0.875, arch_label)
+    take(cfg, contract, "channels", size[0], label)
+    take(cfg, contract, "image_size", size[1], label)
+    take(cfg, contract, "num_classes", arch.get("num_classes"), label)
+    take(cfg, contract, "interpolation", arch.get("interpolation") or "bicubic", label)
+    take(cfg, contract, "crop_pct", arch.get("crop_pct") or 0.875, label)
     for key in ("mean", "std"):
         values = list(arch.get(key) or ())
-        if d.channels == 1 and len(values) == 3:  # timm's RGB statistics for a grey teacher: their average
+        if cfg.data.channels == 1 and len(values) == 3:  # timm's RGB statistics for a grey teacher: their average
             values = [sum(values) / 3]
-        take(key, values or None, arch_label)
-    _check(cfg)
+        take(cfg, contract, key, values or None, label)
+
+
+def resolve(cfg: Config) -> Contract:
+    """Fill the null contract keys of ``cfg`` (teacher.name and data.*) in place; returns where each came from."""
+    from dfkd.weights import pretrained_cfg
+
+    contract = Contract()
+    from_card(cfg, contract)
+    if cfg.teacher.name is None:
+        raise DfkdError("no teacher architecture: set teacher.name=ARCH (a timm model name), or put "
+                        "\"architecture\" in the teacher's card")
+    arch = pretrained_cfg(cfg.teacher.name)
+    from_checkpoint(cfg, contract, arch)
+    from_dataset(cfg, contract)
+    from_architecture(cfg, contract, arch)
+    d = cfg.data
+    d.mean, d.std = _per_channel(d.mean, d.channels, "mean"), _per_channel(d.std, d.channels, "std")
+    check_contract(d, contract.sources)
     return contract
 
 
@@ -211,19 +151,3 @@ def _per_channel(values: List[float], channels: int, key: str) -> List[float]:
         return [float(values[0])] * channels
     raise DfkdError(f"data.{key} has {len(values)} values for a {channels}-channel teacher; give "
                     + ("one" if channels == 1 else f"1 or {channels}"))
-
-
-def _check(cfg: Config) -> None:
-    """The resolved contract must be complete and consistent."""
-    d = cfg.data
-    d.mean, d.std = _per_channel(d.mean, d.channels, "mean"), _per_channel(d.std, d.channels, "std")
-    if d.interpolation not in INTERPOLATIONS:
-        raise DfkdError(f"interpolation '{d.interpolation}' is not one of {', '.join(INTERPOLATIONS)}; "
-                        f"set data.interpolation")
-    if d.image_size % 4 or d.image_size < 4:
-        raise DfkdError(f"the teacher's input size {d.image_size} is not a multiple of 4 (the generator "
-                        f"upsamples twice by 2); set data.image_size")
-    if min(d.std) <= 0:
-        raise DfkdError(f"data.std must be > 0, got {d.std}")
-    if d.classes is not None and len(d.classes) > d.num_classes:
-        raise DfkdError(f"data.classes names {len(d.classes)} classes, the teacher has {d.num_classes}")

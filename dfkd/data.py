@@ -10,15 +10,14 @@ ship inside scikit-learn: nothing to download.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from dfkd.config import IMAGE_SUFFIXES
 from dfkd.errors import DfkdError
+from dfkd.models.normalize import Normalize
 from dfkd.offline import fetch_mnist_offline
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -59,19 +58,6 @@ def to_model_input(images: torch.Tensor, data, normalize: bool = True) -> torch.
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
     x = x[..., top:top + size, left:left + size]
     return Normalize(data.mean, data.std)(x) if normalize else x.contiguous()
-
-
-class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel: 0-1 pixels to the teacher's input (generator, exported models, real images).
-    Constants, not state: nothing saved, computed in the input's dtype."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
 def _mnist(root: Path, train: bool, download: bool):

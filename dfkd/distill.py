@@ -11,12 +11,20 @@ from typing import List, Optional
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from omegaconf import OmegaConf  # noqa: E402
+
+from dfkd.checkpoint import flat  # noqa: E402
 from dfkd.cli import key_listing, one_line_errors  # noqa: E402
-from dfkd.config import Config, available_recipes, load_config  # noqa: E402
+from dfkd.config import available_recipes, load_config  # noqa: E402
+from dfkd.schema import Config  # noqa: E402
 
 
-def usage() -> str:
-    """``dfkd distill --help``: the recipes, then every key of the schema with its default and meaning."""
+def usage(argv: List[str] = ()) -> str:
+    """``dfkd distill --help``: the recipes, then every key with the value a run of ``argv`` (the default recipe,
+    or ``recipe=NAME``) uses without other overrides, where it comes from, and its meaning."""
+    recipe = next((a.split("=", 1)[1] for a in argv if a.startswith("recipe=")), "default")
+    cfg = load_config([f"recipe={recipe}"])
+    values = flat(OmegaConf.to_container(OmegaConf.structured(cfg)))
     return "\n".join([
         "usage: dfkd distill [recipe=NAME] [key=value ...]",
         "       python dfkd/distill.py ... | accelerate launch [ACCELERATE OPTIONS] dfkd/distill.py ...",
@@ -25,8 +33,9 @@ def usage() -> str:
         "",
         "recipes (recipe=NAME: recipes/NAME.yaml, or recipe=PATH.yaml): " + ", ".join(available_recipes()),
         "",
-        "keys (key=value overrides the recipe; default, then meaning; dfkd/config.py):",
-        *key_listing(Config),
+        f"keys (key=value overrides): the value a run of recipe={cfg.recipe} uses, marked where the recipe changes "
+        f"the schema's default (dfkd/schema.py), then its meaning; dfkd distill recipe=NAME --help shows another:",
+        *key_listing(Config, values=values, origin=f"recipes/{cfg.recipe}.yaml"),
     ])
 
 
@@ -40,8 +49,7 @@ def distill(argv: List[str]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
-        print(usage())
-        return 0
+        return one_line_errors(lambda: print(usage(argv)))
     return one_line_errors(lambda: distill(argv))
 
 

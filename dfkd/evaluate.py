@@ -1,4 +1,4 @@
-"""Test accuracy on the real held-out split (sharded across processes and gathered), and ``dfkd evaluate``.
+"""``dfkd evaluate``: an exported student beside its teacher.
 
     dfkd evaluate runs/default-one_stage-s0/export/student.onnx [--limit N] [--out FILE]
 
@@ -10,70 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
 
+from dfkd.accuracy import Predict, accuracy, real_batches
+from dfkd.artifacts import FILES, SUFFIXES, RawImageModel, make_card, reload, write
 from dfkd.cli import one_line_errors
-from dfkd.config import DataConfig
-from dfkd.data import ImageFolder, tensor_dataset
 from dfkd.errors import DfkdError
 from dfkd.machine import machine_description
 from dfkd.weights import create_model, load_weights
-
-Predict = Callable[[torch.Tensor], torch.Tensor]  # images -> logits
-
-
-def test_loader(data, normalize: bool = True) -> DataLoader:
-    """The real test split of ``data.dataset`` as teacher inputs (its contract, ``data.*``); raw 0-1 pixels,
-    resized and cropped the same way, with ``normalize=False`` (what exported files take)."""
-    if data.dataset == "imagefolder":
-        ds = ImageFolder(data.root, data, normalize)
-    else:
-        ds = tensor_dataset(data, train=False, normalize=normalize)
-    return DataLoader(ds, batch_size=data.eval_batch_size, shuffle=False)
-
-
-def real_batches(card: Dict, limit: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """The real test split of an exported student's card as RAW 0-1 images (mean 0, std 1), first ``limit``."""
-    left = sys.maxsize if limit is None else limit
-    for x, y in test_loader(DataConfig(**card["data"]), normalize=False):
-        if left <= 0:
-            return
-        yield x[:left], y[:left]
-        left -= len(y)
-
-
-@torch.no_grad()
-def accuracy(predict: Predict, batches: Iterable, accelerator=None) -> Tuple[float, int]:
-    """Top-1 accuracy in percent of ``predict`` over (images, labels) batches, and the number of images.
-
-    With an ``accelerator``, each process holds a shard: ``gather_for_metrics`` joins them and drops
-    the padding of uneven shards."""
-    correct = total = 0
-    for x, y in batches:
-        preds = predict(x).argmax(1)
-        y = y.to(preds.device)
-        if accelerator is not None:
-            preds, y = accelerator.gather_for_metrics((preds, y))
-        correct += (preds == y).sum().item()
-        total += y.numel()
-    return 100.0 * correct / max(total, 1), total
-
-
-def evaluate(model: nn.Module, loader: DataLoader, accelerator) -> float:
-    """Top-1 accuracy in percent of ``model`` (in eval mode, then as it was) on a sharded test loader."""
-    was_training = model.training
-    model.eval()
-    acc, _ = accuracy(lambda x: model(x.to(accelerator.device)), loader, accelerator)
-    model.train(was_training)
-    return acc
 
 
 def latency_ms(predicts: Dict[str, Predict], example: torch.Tensor, seconds: float) -> Dict[str, float]:
@@ -94,8 +43,6 @@ def latency_ms(predicts: Dict[str, Predict], example: torch.Tensor, seconds: flo
 
 def resolve_artifact(path: Path, which: str) -> Tuple[Dict, str, Path]:
     """(card, format, file) for an exported file (card beside it) or a run directory / its checkpoint."""
-    from dfkd.export import SUFFIXES, make_card  # late: export reads its test images from here
-
     if path.is_dir():
         card = make_card(path, which)
         return card, "safetensors", Path(card["weights"])
@@ -114,8 +61,6 @@ def resolve_artifact(path: Path, which: str) -> Tuple[Dict, str, Path]:
 def evaluate_artifact(artifact, limit: Optional[int] = None, which: str = "best", seconds: float = 2.0) -> str:
     """Markdown: teacher vs student — params, MB, CPU latency at batch 1 and 64, test accuracy. The teacher
     is run in the student's format (exported to a temporary file), so both go through the same runtime."""
-    from dfkd.export import FILES, RawImageModel, reload, write  # late: export reads its test images from here
-
     card, fmt, path = resolve_artifact(Path(artifact).expanduser(), which)
     t = card["teacher"]
     teacher = create_model(t["name"], card["num_classes"], pretrained=t["pretrained"], in_chans=card["input_size"][0],

@@ -8,10 +8,12 @@ shows how they compare.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
 from dfkd.errors import DfkdError
+from dfkd.priors import PRIORS
 
 
 @dataclass(frozen=True)
@@ -21,10 +23,13 @@ class Method:
     keys: Dict[str, Any]
 
 
+# DAFL's code takes its entropy in log10; dfkd's entropy term (shared with the default recipe's weight 1)
+# takes the natural log, so DAFL's weight 5 becomes 5 / ln 10: the same term, the same gradient.
+DAFL_IE = 5.0 / math.log(10.0)
+
 # Every preset states every method key, so switching methods never inherits another method's terms.
-PLAIN = {"loss": "l1", "adversarial": 1.0, "priors.bn": 0.0, "priors.oh": 0.0, "priors.ie": 0.0,
-         "priors.act": 0.0, "priors.cmi": 0.0, "features.at": 0.0, "features.at_adversarial": None,
-         "generator.ema": 0.0}
+PLAIN = {"loss": "l1", "adversarial": 1.0, **{f"priors.{name}": 0.0 for name in PRIORS}, "features.at": 0.0,
+         "features.at_adversarial": None, "generator.ema": 0.0}
 
 METHODS: Dict[str, Method] = {
     "dfad": Method(
@@ -33,8 +38,9 @@ METHODS: Dict[str, Method] = {
         PLAIN),
     "dafl": Method(
         "Chen et al. 2019, Data-Free Learning of Student Networks (ICCV), MNIST weights",
-        "G: min CE(t, argmax t) - 0.1 |f_T|_1 + 5 sum_c p_c log p_c (not adversarial);  S: min KL(t || s)",
-        {**PLAIN, "loss": "kl", "adversarial": 0.0, "priors.oh": 1.0, "priors.ie": 5.0, "priors.act": 0.1}),
+        "G: min CE(t, argmax t) - 0.1 |f_T|_1 + 5 sum_c p_c log10 p_c (not adversarial; = 2.171 sum_c p_c ln p_c);  "
+        "S: min KL(t || s)",
+        {**PLAIN, "loss": "kl", "adversarial": 0.0, "priors.oh": 1.0, "priors.ie": DAFL_IE, "priors.act": 0.1}),
     "zskt": Method(
         "Micaelli & Storkey 2019, Zero-shot Knowledge Transfer via Adversarial Belief Matching (NeurIPS)",
         "S: min KL(t || s) + 250 sum_j |a_S^j - a_T^j|^2 (attention of the last 3 stages);  G: max KL(t || s)",

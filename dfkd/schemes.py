@@ -11,7 +11,7 @@ import inspect
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
@@ -19,14 +19,32 @@ from torch import nn
 from dfkd.ema import ModelEMA
 from dfkd.errors import DfkdError
 from dfkd.features import Taps
-from dfkd.losses import Adversarial, Priors, TeacherOutput, full
+from dfkd.losses import Adversarial, TeacherOutput, full
 from dfkd.onestage import discrepancy, one_stage_step, step_together
 from dfkd.pool import SamplePool
+from dfkd.priors import Priors
 
 
-@dataclass
+class LatentCodes:
+    """Fresh latent codes for every step, drawn from a generator of their own (a checkpoint keeps its state)."""
+
+    def __init__(self, batch: int, nz: int, device: torch.device, seed: int):
+        self.batch, self.nz, self.device = batch, nz, device
+        self.rng = torch.Generator(device).manual_seed(seed)
+
+    def __call__(self) -> torch.Tensor:
+        return torch.randn(self.batch, self.nz, generator=self.rng, device=self.device)
+
+    def state_dict(self) -> torch.Tensor:
+        return self.rng.get_state()
+
+    def load_state_dict(self, state: torch.Tensor) -> None:
+        self.rng.set_state(state)
+
+
+@dataclass(kw_only=True)
 class Parts:
-    """Everything a step touches. ``sample_z(n)`` draws fresh latent codes."""
+    """Everything a step touches, made by ``dfkd.build.make_parts``. ``sample_z()`` draws fresh latent codes."""
 
     student: nn.Module
     teacher: nn.Module
@@ -44,9 +62,33 @@ class Parts:
     adversarial_weight: float = 1.0  # of the adversarial term in the generator's loss (0: DAFL)
     student_taps: Optional[Taps] = None  # the student's stage outputs, when attention transfer is on
     at_weight: float = 0.0  # attention transfer's weight in the student's discrepancy (ZSKT's beta)
-    at_adversarial: bool = True  # the generator maximises the attention term too (else: ZSKT's split)
+    at_adversarial: bool = False  # the generator maximises the attention term too (else: ZSKT's split)
     generator_ema: Optional[ModelEMA] = None  # MAD: a weight-averaged generator ...
     ema_mix: float = 0.5  # ... making this fraction of every generated student batch
+    student_ema: Optional[ModelEMA] = None  # the weight-averaged student, evaluated, kept and exported
+
+    def extras(self) -> Dict[str, Any]:
+        """The state a checkpoint keeps besides weights and optimizers, by name, where switched on: the latent
+        codes' RNG, the replay pool and the two weight averages (each with state_dict / load_state_dict)."""
+        named = {"z_rng": self.sample_z, "pool": self.pool, "ema": self.student_ema,
+                 "generator_ema": self.generator_ema}
+        return {name: part for name, part in named.items() if hasattr(part, "state_dict")}
+
+    def extras_state(self) -> Dict[str, Any]:
+        return {name: part.state_dict() for name, part in self.extras().items()}
+
+    def load_extras(self, saved: Dict[str, Any]) -> None:
+        for name, part in self.extras().items():
+            if name in saved:
+                part.load_state_dict(saved[name])
+
+    def after_cycle(self, updates: int, made: int, cycles: int) -> None:
+        """The averages take in the cycle just run: ``made`` student updates (``updates`` in all), one generator
+        update (``cycles`` in all)."""
+        if self.student_ema is not None:
+            self.student_ema.update(updates, made)
+        if self.generator_ema is not None:
+            self.generator_ema.update(cycles, 1)
 
 
 @contextmanager

@@ -91,7 +91,7 @@ def train_teacher(name: str, data, epochs: int, out: str, seed: int = 0, lr: flo
     ``multistep`` (x0.1 at 40 % and 80 % of the steps, DFAD's StepLR(80) over 200 epochs); random-crop
     augmentation (and flips, on CIFAR and ImageFolder). ``max_steps`` > 0 stops early (smoke tests).
     """
-    from dfkd.evaluate import accuracy  # late: evaluate imports data, which this module's callers may not need
+    from dfkd.accuracy import accuracy  # late: accuracy imports data, which this module's callers may not need
 
     if schedule not in ("cosine", "multistep"):
         raise DfkdError(f"schedule '{schedule}' is not cosine or multistep")

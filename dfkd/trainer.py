@@ -17,11 +17,11 @@ from omegaconf import OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from dfkd.accuracy import evaluate
 from dfkd.build import Run, bare, build, open_run_dir
 from dfkd.checkpoint import restore, save_checkpoint, trim_metrics
-from dfkd.config import Config
 from dfkd.errors import DfkdError
-from dfkd.evaluate import evaluate
+from dfkd.schema import Config
 from dfkd.schemes import SCHEMES
 from dfkd.weights import save_weights
 
@@ -110,10 +110,7 @@ def train_cycle(run: Run, state: RunState, last_good) -> Dict:
     cfg, accelerator = run.cfg, run.accelerator
     tick = time.perf_counter()
     made, metrics = SCHEMES[cfg.scheme](run.parts, cfg.k)
-    if run.ema is not None:
-        run.ema.update(state.updates + made, made)
-    if run.parts.generator_ema is not None:  # one generator update per cycle
-        run.parts.generator_ema.update(state.cycles + 1, 1)
+    run.parts.after_cycle(state.updates + made, made, state.cycles + 1)
     if accelerator.device.type == "cuda":
         torch.cuda.synchronize()
     state.train_s += time.perf_counter() - tick
@@ -145,7 +142,8 @@ def pool_metrics(pool) -> Dict:
 
 def kept_student(run: Run) -> nn.Module:
     """The student that is evaluated, saved and exported: the weight average when student.ema > 0."""
-    return run.ema.module if run.ema is not None else bare(run.accelerator, run.parts.student)
+    ema = run.parts.student_ema
+    return ema.module if ema is not None else bare(run.accelerator, run.parts.student)
 
 
 def evaluate_student(run: Run, state: RunState, log: MetricsLog, bar) -> None:
@@ -153,7 +151,7 @@ def evaluate_student(run: Run, state: RunState, log: MetricsLog, bar) -> None:
     with an EMA student, also the trained student's own accuracy (``test_acc_trained``)."""
     tick = time.perf_counter()
     state.final_acc = evaluate(kept_student(run), run.loader, run.accelerator)
-    trained = {} if run.ema is None else {
+    trained = {} if run.parts.student_ema is None else {
         "test_acc_trained": evaluate(run.parts.student, run.loader, run.accelerator)}
     state.eval_s += time.perf_counter() - tick
     main = run.accelerator.is_main_process
@@ -174,14 +172,9 @@ def checkpoint(run: Run, state: RunState, last_good):
     if not all(torch.isfinite(p).all() for p in [*student.parameters(), *generator.parameters()]):
         raise DfkdError(f"non-finite weights at student update {state.updates} (a gradient went "
                         f"non-finite); not saved; last good checkpoint: {last_good or 'none'}")
-    saved = asdict(state)
-    if run.parts.pool is not None:  # the pool and its sampling RNG: a resumed run replays the same images
-        saved["pool"] = run.parts.pool.state_dict()
-    if run.ema is not None:
-        saved["ema"] = run.ema.state_dict()
-    if run.parts.generator_ema is not None:
-        saved["generator_ema"] = run.parts.generator_ema.state_dict()
-    return save_checkpoint(run.accelerator, run.run_dir, saved, run.z_rng, run.cfg.keep_checkpoints)
+    # the loop's counters and the stateful extras (latent-code RNG, pool, averages): a resumed run goes on exactly
+    return save_checkpoint(run.accelerator, run.run_dir, {**asdict(state), **run.parts.extras_state()},
+                           run.cfg.keep_checkpoints)
 
 
 def save_samples(generator: nn.Module, cfg: Config, path: Path) -> None:
@@ -220,7 +213,7 @@ def finish(run: Run, state: RunState, log: MetricsLog) -> Dict:
         save_samples(bare(run.accelerator, run.parts.generator), cfg, run_dir / "samples.png")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.export:  # as `dfkd export RUN_DIR`: every format, parity-checked, into run_dir/export
-            from dfkd.export import FILES, export
+            from dfkd.artifacts import FILES, export
             export(run_dir, list(FILES))
     accelerator.print(f"[dfkd] done: teacher {run.teacher_acc:.2f}% | student final {state.final_acc:.2f}% best "
                       f"{state.best_acc:.2f}% | {cfg.scheme} | train {state.train_s:.1f}s, wall "
@@ -244,14 +237,9 @@ def distill(cfg: Config) -> Dict:
                       f"student updates, batch {cfg.batch_size}, {accelerator.num_processes} process(es) "
                       f"on {accelerator.device}")
     # Exact resume: weights, optimizers, RNGs and counters as they were at the end of a cycle
-    last_good, saved = restore(accelerator, run.candidates, run.z_rng, explicit=cfg.resume not in ("auto", "none"))
+    last_good, saved = restore(accelerator, run.candidates, run.parts.load_extras,
+                               explicit=cfg.resume not in ("auto", "none"))
     state = RunState.from_checkpoint(saved)
-    if run.parts.pool is not None and "pool" in saved:
-        run.parts.pool.load_state_dict(saved["pool"])
-    if run.ema is not None and "ema" in saved:
-        run.ema.load_state_dict(saved["ema"])
-    if run.parts.generator_ema is not None and "generator_ema" in saved:
-        run.parts.generator_ema.load_state_dict(saved["generator_ema"])
     if state.done and (run_dir / "summary.json").is_file():  # nothing left to do: keep the run's own summary
         accelerator.print(f"[dfkd] {run_dir} already finished (summary.json); resume=none starts it over")
         accelerator.end_training()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import dfkd.models  # noqa: F401  (registers dfkd's networks in timm)
-from dfkd.contract import card_beside, read_card
+from dfkd.card import card_beside, read_card
 from dfkd.errors import DfkdError
 
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net", "student", "teacher", "module", "ema")

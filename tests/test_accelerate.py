@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from conftest import PLAIN
 from safetensors.torch import load_file
 
-from dfkd import evaluate as evaluation  # (its test_loader would be collected as a test)
+from dfkd import accuracy as evaluation
 from dfkd.config import load_config
 from dfkd.contract import resolve
 from dfkd.models import Generator
@@ -83,6 +83,6 @@ def test_two_process_run_ends_with_identical_weights_and_the_single_process_accu
     resolve(cfg)
     student = create_model("lenet5_half", 10)
     student.load_state_dict(saved)
-    loader = evaluation.test_loader(cfg.data)
+    loader = evaluation.evaluation_loader(cfg.data)
     assert len(loader.dataset) == 10_000 and len(loader) == 7
     assert evaluation.evaluate(student, loader, Accelerator(cpu=True)) == summary["student_final_acc"]

@@ -100,7 +100,7 @@ CASES = {
     "attention transfer that never reaches the student": (["method=zskt", "scheme=one_stage", "pool.size=0"],
                                                           "features.at would never reach the student"),
     "contrastive prior without a pool": (["method=cmi", "pool.size=0"],
-                                         "priors.cmi contrasts with past images kept in the replay pool"),
+                                         "priors.cmi reads past images kept in the replay pool"),
     "generator EMA without a generated student batch": (["method=mad"], "generator.ema mixes its images into "
                                                                         "freshly generated student batches"),
     "generator with nothing to learn": (["adversarial=0", "priors.ie=0"],

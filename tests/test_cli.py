@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from dfkd.cli import COMMANDS, main, one_line_errors
-from dfkd.config import Config, available_recipes, schema_fields
+from dfkd.config import available_recipes
 from dfkd.errors import DfkdError
+from dfkd.schema import Config, schema_fields
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,9 +54,24 @@ def test_distill_help_lists_every_recipe_and_every_key_with_its_default_and_mean
         assert name in rows, f"{name} missing from dfkd distill --help"
         assert rows[name].endswith(field.metadata["doc"] + ("; a resumed run may change it"
                                                             if field.metadata["logging"] else ""))
-    assert rows["student.lr"].split()[:2] == ["student.lr", "0.1"]
-    assert rows["teacher.checkpoint"].split()[:2] == ["teacher.checkpoint", "null"]
+    # the value a bare run uses: the default recipe's where it changes the schema's default, and says so
+    assert rows["student.lr"].split()[:2] == ["student.lr", "0.05"]
+    assert "(recipes/default.yaml; schema: 0.1)" in rows["student.lr"]
+    assert rows["scheme"].split()[:2] == ["scheme", "hybrid"] and "schema: one_stage" in rows["scheme"]
+    assert rows["teacher.card"].split()[:2] == ["teacher.card", "null"] and "schema:" not in rows["teacher.card"]
     assert rows["lr_milestones"].split()[1:3] == ["[0.2,", "0.4]"]
+
+
+def test_distill_help_of_a_recipe_shows_that_recipes_values(capsys):
+    assert main(["distill", "recipe=resnet34_to_resnet18", "--help"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert rows["teacher.name"].split()[1] == "resnet34_cifar"
+    assert "(recipes/resnet34_to_resnet18.yaml; schema: null)" in rows["teacher.name"]
+
+
+def test_distill_help_of_an_unknown_recipe_is_one_line(capsys):
+    assert main(["distill", "recipe=nope", "--help"]) == 2
+    assert capsys.readouterr().err.startswith("dfkd: error: unknown recipe 'nope'")
 
 
 def test_distill_script_and_subcommand_print_the_same_help(capsys):

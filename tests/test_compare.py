@@ -1,5 +1,5 @@
 """``dfkd compare``: the results files of a tiny real comparison, time-to-accuracy, scheme names, variants
-(an entry with its own overrides) and budgets.
+(an entry with its own overrides), labels, run folder names, budgets, and the committed comparisons.
 
 The end-to-end test needs no network and no cache: a 40-image fake MNIST (IDX files) and a random-init
 LeNet-5 teacher written into tmp_path stand in for the real data and teacher. Only file formats,
@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import re
+import statistics
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,24 +22,35 @@ from omegaconf import OmegaConf
 from dfkd.build import run_dir_for
 from dfkd.compare import (
     FRACTIONS,
+    NAME_MAX,
     budget_overrides,
     compare,
+    entry_name,
     main,
+    measured,
     parse_args,
     parse_scheme,
+    read_runs,
     run_config,
     run_folder,
     run_order,
     scheme_label,
+    summarise,
     time_to_accuracy,
+    write_runs,
 )
 from dfkd.config import load_config
 from dfkd.errors import DfkdError
 from dfkd.schemes import SCHEMES as SCHEME_FUNCTIONS
 
+REPO = Path(__file__).resolve().parents[1]
 VARIANT = "two_stage_k5+generator.lr=0.002"  # two_stage k=5 with its own generator learning rate
-SCHEMES = ["two_stage_k5", "one_stage", VARIANT]
-FOLDERS = {"two_stage_k5": "two_stage_k5", "one_stage": "one_stage", VARIANT: "two_stage_k5_generator.lr_0.002"}
+LABELLED = f"slow_gen={VARIANT}"  # the same, named: tables, plot and folders say slow_gen
+SCHEMES = ["two_stage_k5", "one_stage", LABELLED]
+NAMES = ["two_stage_k5", "one_stage", "slow_gen"]  # unlabelled entries keep their names
+FOLDERS = {"two_stage_k5": "two_stage_k5", "one_stage": "one_stage", "slow_gen": "slow_gen"}
+LONG = ("two_stage_k5+pool.size=0+student.ema=0+priors.ie=0+student.lr=0.01+lr_schedule=constant"
+        "+student_updates=4000+loss=l1+generator.output=standardized")  # DFAD as docs/students.md compares it
 CSV_COLUMNS = (["scheme", "seeds", "teacher_acc", "student_final_acc_mean", "student_final_acc_std",
                 "student_best_acc_mean", "student_best_acc_std", "train_seconds_mean", "eval_seconds_mean",
                 "wall_seconds_mean", "student_updates_mean", "generator_updates_mean", "seconds_per_student_update"]
@@ -89,25 +102,39 @@ def read_markdown_table(text: str) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[2:]
 
 
-def test_compare_writes_table_csv_and_plot_with_one_line_per_scheme(tiny_recipe, tmp_path, one_thread):
+def test_compare_writes_table_csv_plot_and_runs_file_with_one_line_per_scheme(tiny_recipe, tmp_path, one_thread):
     import matplotlib.image
 
     out = tmp_path / "cmp"
     argv = [f"schemes=[{','.join(SCHEMES)}]", "seeds=1", "budget=updates:10", "eval_every=5", "warmup=5",
             f"out={out}", *tiny_recipe]
     assert main(argv) == 0
-    for name in ("results.md", "results.csv", "accuracy_vs_time.png", "accuracy_vs_time.json"):
+    for name in ("results.md", "results.csv", "accuracy_vs_time.png", "accuracy_vs_time.json", "runs.jsonl.gz"):
         assert (out / name).is_file(), name
-    summaries = {s: json.loads((out / "runs" / f"{FOLDERS[s]}-s0" / "summary.json").read_text()) for s in SCHEMES}
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(f"{f}-s0" for f in FOLDERS.values())
+    summaries = {s: json.loads((out / "runs" / f"{FOLDERS[s]}-s0" / "summary.json").read_text()) for s in NAMES}
     generator_lrs = {s: OmegaConf.load(out / "runs" / f"{FOLDERS[s]}-s0" / "config.yaml").generator.lr
-                     for s in SCHEMES}
+                     for s in NAMES}
     recipe_lr = load_config(tiny_recipe).generator.lr
-    assert recipe_lr != 0.002 and generator_lrs == {"two_stage_k5": recipe_lr, "one_stage": recipe_lr, VARIANT: 0.002}
+    assert recipe_lr != 0.002 and generator_lrs == {"two_stage_k5": recipe_lr, "one_stage": recipe_lr, "slow_gen": 0.002}
+
+    # runs.jsonl.gz: every run's files in one place, in run order, and the table re-derives from it
+    records = read_runs(out / "runs.jsonl.gz")
+    assert [(r["entry"], r["seed"], r["run"]) for r in records] == [(e, 0, f"{FOLDERS[n]}-s0") for e, n in
+                                                                    zip(SCHEMES, NAMES)]
+    for r in records:
+        run_dir = out / "runs" / r["run"]
+        assert r["summary"] == json.loads((run_dir / "summary.json").read_text())
+        assert r["metrics"] == [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert r["config"] == OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    write_runs(tmp_path / "again.jsonl.gz", records)  # no timestamp inside: the same runs give the same bytes
+    assert (tmp_path / "again.jsonl.gz").read_bytes() == (out / "runs.jsonl.gz").read_bytes()
 
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == CSV_COLUMNS
-    assert [r["scheme"] for r in rows] == SCHEMES
+    assert [r["scheme"] for r in rows] == NAMES
+    assert [str(v) for v in summarise("slow_gen", [measured(records[2])]).values()] == list(rows[2].values())
     for row in rows:
         s = summaries[row["scheme"]]
         assert float(row["teacher_acc"]) == s["teacher_acc"]
@@ -124,18 +151,19 @@ def test_compare_writes_table_csv_and_plot_with_one_line_per_scheme(tiny_recipe,
     text = (out / "results.md").read_text()
     head, body = read_markdown_table(text)
     assert head == MD_COLUMNS
-    assert [r[0] for r in body] == SCHEMES
+    assert [r[0] for r in body] == NAMES
     for cells, row in zip(body, rows):
         assert len(cells) == len(MD_COLUMNS)
         assert MEAN_STD.match(cells[2]).group(1) == f"{float(row['student_final_acc_mean']):.2f}"
         assert MEAN_STD.match(cells[3])
         assert all(TTA_CELL.match(c) for c in cells[-4:]), cells[-4:]
-    assert "Warm-up excluded" in text and f"Run order: two_stage_k5 s0, one_stage s0, {VARIANT} s0" in text
+    assert "Warm-up excluded" in text and "Run order: two_stage_k5 s0, one_stage s0, slow_gen s0" in text
+    assert f"Entries: `slow_gen` = `{VARIANT}`." in text  # what a label ran, beside the table
 
     assert (out / "accuracy_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = json.loads((out / "accuracy_vs_time.json").read_text())["lines"]
     teacher_acc = summaries["one_stage"]["teacher_acc"]
-    assert [ln["label"] for ln in lines] == SCHEMES + [f"teacher ({teacher_acc:.2f}%)"]
+    assert [ln["label"] for ln in lines] == NAMES + [f"teacher ({teacher_acc:.2f}%)"]
     for ln in lines[:3]:  # one point per evaluation: test accuracy against training seconds
         evals = [json.loads(r) for r in (out / "runs" / f"{FOLDERS[ln['label']]}-s0" / "metrics.jsonl").read_text()
                  .splitlines()]
@@ -222,6 +250,87 @@ def test_bad_override_in_an_entry_is_a_clear_error(entry, message, tmp_path):
 def test_entries_that_would_share_a_run_folder_are_refused():
     with pytest.raises(DfkdError, match=re.escape("would share run folders")):
         parse_args(["schemes=[one_stage+data.root=/a,one_stage+data.root=_a]"])
+
+
+def test_labels_survive_the_command_line_with_their_equals_signs():
+    # the whole argument is one OmegaConf dotlist item: the '=' inside its list items must reach compare as written
+    cfg, recipe = parse_args(["schemes=[DFAD=two_stage_k5+pool.size=0+student.ema=0,default=hybrid_k5]"])
+    assert cfg.schemes == ["DFAD=two_stage_k5+pool.size=0+student.ema=0", "default=hybrid_k5"] and recipe == []
+    assert [entry_name(e) for e in cfg.schemes] == ["DFAD", "default"]
+    assert [run_folder(e) for e in cfg.schemes] == ["DFAD", "default"]
+    assert [entry_name(e) for e in ("two_stage_k5", VARIANT)] == ["two_stage_k5", VARIANT]  # unlabelled: as written
+
+
+def test_a_label_names_the_runs_and_changes_nothing_else(tmp_path):
+    import dataclasses
+
+    labelled, plain = (run_config(["generator.lr=0.01"], e, 2, tmp_path) for e in (LABELLED, VARIANT))
+    assert (labelled.run_name, plain.run_name) == ("slow_gen-s2", "two_stage_k5_generator.lr_0.002-s2")
+    assert dataclasses.replace(labelled, run_name="x") == dataclasses.replace(plain, run_name="x")
+
+
+def test_a_long_unlabelled_entry_gets_a_short_folder_ending_in_a_hash_of_its_overrides():
+    folder = run_folder(LONG)
+    assert len(LONG) > NAME_MAX and len(folder) == NAME_MAX
+    assert re.fullmatch(r"two_stage_k5_pool\.size_0_student\.ema_0_[A-Za-z0-9._-]*-[0-9a-f]{8}", folder), folder
+    assert run_folder(LONG) == folder  # the same entry, the same folder, on every machine
+    assert run_folder(LONG.replace("loss=l1", "loss=kl")) != folder  # the tail differs, so does the hash
+    assert run_folder("hybrid_k5+pool.size=50000+pool.fresh=0.5") == "hybrid_k5_pool.size_50000_pool.fresh_0.5"
+    assert len(run_config([], LONG, 12, Path("runs")).run_name) <= NAME_MAX + len("-s12")
+
+
+def test_methods_under_labelled_schemes_are_all_named_method_dash_scheme():
+    cfg, _ = parse_args(["methods=[CMI=cmi+pool.size=200000,dfad]", "schemes=[two_stage_k5,one=hybrid_k5]"])
+    assert cfg.schemes == ["CMI-two_stage_k5=two_stage_k5+method=cmi+pool.size=200000",
+                           "CMI-one=hybrid_k5+method=cmi+pool.size=200000",
+                           "dfad-two_stage_k5=two_stage_k5+method=dfad", "dfad-one=hybrid_k5+method=dfad"]
+    assert [entry_name(e) for e in cfg.schemes] == ["CMI-two_stage_k5", "CMI-one", "dfad-two_stage_k5", "dfad-one"]
+    unlabelled, _ = parse_args(["methods=[dfad]", "schemes=[two_stage_k5,hybrid_k5]"])
+    assert unlabelled.schemes == ["two_stage_k5+method=dfad", "hybrid_k5+method=dfad"]  # named as before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["schemes=[a b=hybrid_k5]"], "label 'a b' of entry 'a b=hybrid_k5' must be 1-50 letters, digits, '.', '_' or '-'"),
+    (["schemes=[x/y=hybrid_k5]"], "label 'x/y' of entry"),
+    (["schemes=[.hidden=hybrid_k5]"], "starting with a letter or digit"),
+    (["schemes=[=hybrid_k5]"], "label '' of entry"),
+    ([f"schemes=[{'a' * 51}=hybrid_k5]"], "must be 1-50 letters"),
+    (["schemes=[A=hybrid_k5,A=one_stage]"], "each entry named once (by its label, else as written), got ['A', 'A']"),
+    (["schemes=[one_stage=hybrid_k5,one_stage]"], "each entry named once"),
+    (["schemes=[dfad=one_stage,DFAD=hybrid_k5]"], "would share run folders ['dfad', 'DFAD'] (letter case aside"),
+    (["methods=[X=dfad]", "schemes=[two_stage_k5+pool.size=0,two_stage_k5+pool.size=1]"], "got ['X-two_stage_k5', "
+                                                                                          "'X-two_stage_k5']"),
+    (["schemes=[L=two_stage_k5+k=3]"], "'k' in schemes entry 'L=two_stage_k5+k=3' is set by compare"),
+])
+def test_bad_or_repeated_label_is_a_one_line_error(argv, message, capsys):
+    with pytest.raises(DfkdError, match=re.escape(message)):
+        parse_args(argv)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfkd: error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+COMMITTED = sorted((REPO / "benchmarks" / "results").glob("compare_*"))
+
+
+@pytest.mark.parametrize("results", COMMITTED, ids=lambda p: p.name)
+def test_committed_comparison_re_derives_from_its_runs_file(results):
+    """What is kept of a comparison: its table, its plot and runs.jsonl.gz, from which both follow exactly."""
+    with open(results / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    runs = [measured(r) for r in read_runs(results / "runs.jsonl.gz")]
+    assert sorted({entry_name(r["entry"]) for r in runs}) == sorted(row["scheme"] for row in rows)
+    by_name = {row["scheme"]: [r for r in runs if entry_name(r["entry"]) == row["scheme"]] for row in rows}
+    for row in rows:  # tables written before a column existed (the 99 % one) have fewer columns
+        derived = summarise(row["scheme"], by_name[row["scheme"]])
+        assert {key: str(derived[key]) for key in row} == row
+    for line in json.loads((results / "accuracy_vs_time.json").read_text())["lines"]:
+        if line["label"].startswith("teacher ("):
+            continue
+        group = by_name[line["label"]]
+        n = min(len(r["evaluations"]) for r in group)
+        for axis, key in (("x", "train_s"), ("y", "test_acc")):
+            assert line[axis] == [statistics.mean(r["evaluations"][i][key] for r in group) for i in range(n)]
 
 
 @pytest.mark.parametrize("name", ["two_stage", "two_stage_k0", "hybrid_k", "one_stage_k5", "dfad", "Two_stage_k5",

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfkd.config import DataConfig, load_config
+from dfkd.config import load_config
 from dfkd.data import LOADERS, tensor_dataset, to_model_input
 from dfkd.errors import DfkdError
+from dfkd.schema import DataConfig
 
 pytest.importorskip("sklearn", reason="pip install -e '.[test]' (or '.[digits]') installs scikit-learn")
 

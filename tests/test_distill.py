@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 from conftest import PLAIN
 
-from dfkd import evaluate as dfkd_evaluate  # not `import test_loader`: pytest would collect it
+from dfkd import accuracy as dfkd_evaluate
 from dfkd.config import load_config
 from dfkd.contract import resolve
 from dfkd.models import Generator
@@ -28,7 +28,7 @@ def test_short_one_stage_run_lifts_the_student_far_above_chance_and_its_untraine
     resolve(cfg)
     torch.manual_seed(cfg.seed)
     untrained = create_model(cfg.student.name, cfg.data.num_classes)
-    loader = dfkd_evaluate.test_loader(cfg.data)
+    loader = dfkd_evaluate.evaluation_loader(cfg.data)
     untrained_acc = dfkd_evaluate.evaluate(untrained, loader, Accelerator(cpu=True))
 
     assert summary["teacher_acc"] > 97.0  # the cached teacher is a real MNIST classifier

@@ -1,9 +1,11 @@
-"""The documentation stays true: a short README, links that resolve, a troubleshooting table that
-covers every bad-input case, the README's one-stage code equal to the code that runs, no issue numbers."""
+"""The documentation stays true: a short README, links that resolve, results files that exist, short paths,
+a troubleshooting table that covers every bad-input case, the README's one-stage code equal to the code that
+runs, no issue numbers."""
 from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,45 @@ def test_every_relative_link_points_at_a_file_that_exists(page):
         elif anchor and file.suffix == ".md" and anchor not in anchors(file):
             broken.append(f"{target} (no heading #{anchor} in {file.name})")
     assert not broken, f"{page.relative_to(REPO)}: broken links: {broken}"
+
+
+CITING = [README, REPO / "teachers" / "README.md", *DOCS, *sorted((REPO / "recipes").glob("*.yaml"))]
+RESULTS_PATH = re.compile(r"benchmarks/results/[\w./*<>-]*")  # in links, code spans and comments alike
+MAX_PATH = 120  # characters of a path in the repository: clones and archives stay within every OS's limits
+
+
+@pytest.mark.parametrize("page", CITING, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_results_file_a_page_names_exists(page):
+    missing = []
+    for cited in RESULTS_PATH.findall(page.read_text(encoding="utf-8")):
+        pattern = re.sub(r"<[^>]*>", "*", cited.rstrip(".")).rstrip("/")  # sweep_students_<round>.md: a pattern
+        if not any(REPO.glob(pattern)):
+            missing.append(cited)
+    assert not missing, f"{page.relative_to(REPO)} names results files that do not exist: {missing}"
+
+
+def repository_files() -> list:
+    """The files the repository holds: tracked, or new and not ignored (about to be added), that exist."""
+    try:
+        done = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                              capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: no list of the repository's files")
+    return [p for p in done.stdout.decode("utf-8").split("\0") if p and (REPO / p).is_file()]
+
+
+def test_no_path_in_the_repository_exceeds_120_characters():
+    files = repository_files()
+    assert any(p.startswith("benchmarks/results/") for p in files), "expected the committed results in the list"
+    long = [f"{len(p)}: {p}" for p in files if len(p) > MAX_PATH]
+    assert not long, f"paths over {MAX_PATH} characters (name runs by a short label): {long}"
+
+
+def test_results_keep_no_raw_run_folders():
+    # a comparison keeps results.md/.csv, the plot and runs.jsonl.gz; its runs/ (weights, checkpoints) stays local
+    folders = sorted({p.split("/runs/")[0] for p in repository_files() if p.startswith("benchmarks/results/")
+                      and "/runs/" in p})
+    assert not folders, f"raw run folders under benchmarks/results (keep runs.jsonl.gz instead): {folders}"
 
 
 def test_readme_links_every_docs_page():

@@ -15,8 +15,8 @@ import pytest
 import timm
 import torch
 
-from dfkd import evaluate as dfkd_evaluate
-from dfkd import export as ex
+from dfkd import accuracy as dfkd_evaluate
+from dfkd import artifacts as ex
 from dfkd.cli import main as cli
 from dfkd.weights import create_model, load_weights
 
@@ -45,8 +45,8 @@ def reference(run_dir):
     load_weights(student, str(run_dir / "student_best.safetensors"), what="student")
     teacher = create_model("lenet5", 10)
     load_weights(teacher, cfg.teacher.checkpoint)
-    normalized = dfkd_evaluate.test_loader(cfg.data).dataset.tensors
-    raw = dfkd_evaluate.test_loader(cfg.data, normalize=False).dataset.tensors[0][:SUBSET]
+    normalized = dfkd_evaluate.evaluation_loader(cfg.data).dataset.tensors
+    raw = dfkd_evaluate.evaluation_loader(cfg.data, normalize=False).dataset.tensors[0][:SUBSET]
     with torch.no_grad():
         full_acc = 100.0 * (student.eval()(normalized[0]).argmax(1) == normalized[1]).float().mean().item()
         logits = student(normalized[0][:SUBSET])

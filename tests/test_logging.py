@@ -9,7 +9,7 @@ import torch
 from conftest import PLAIN
 
 from dfkd.config import load_config
-from dfkd.losses import class_perplexity
+from dfkd.priors import class_perplexity
 from dfkd.trainer import distill
 
 pytestmark = pytest.mark.usefixtures("mnist_teacher", "one_thread", "fresh_accelerator_state")

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from accelerate import Accelerator
+from parts import parts_for  # tests/parts.py
 from test_onestage import NZ, SIZE, assert_one_stage_equals_two_stage, trio  # tests/ is on sys.path under pytest
 from torch import nn
 
-from dfkd.config import RECIPES_DIR, PriorsConfig, load_config
+from dfkd.config import RECIPES_DIR, load_config
 from dfkd.ema import ModelEMA
 from dfkd.features import Taps, attention_transfer, contrastive_loss, second_view, stages_for
-from dfkd.losses import ADVERSARIAL, Priors
-from dfkd.methods import METHODS
+from dfkd.methods import DAFL_IE, METHODS
+from dfkd.models import wrn
 from dfkd.onestage import one_stage_step
 from dfkd.pool import SamplePool
+from dfkd.priors import entropy_loss
+from dfkd.schema import PriorsConfig
 from dfkd.schemes import Parts, generated, generator_step, student_step
 
 CLASSES, FEATURES = 5, 6  # NZ, SIZE: test_onestage's
@@ -53,12 +55,10 @@ def make_parts(loss="kl", priors=None, at=0.0, adversarial=1.0, student_bn=False
                              feature_dim=FEATURES)
         samples.add(torch.randn(8, 1, SIZE, SIZE, dtype=torch.float64), torch.randn(8, CLASSES, dtype=torch.float64),
                     torch.randn(8, FEATURES, dtype=torch.float64))
-    stages = stages_for(teacher, student) if at else 0
-    return Parts(student, teacher, generator, torch.optim.SGD(student.parameters(), lr=0.0),
-                 torch.optim.Adam(generator.parameters(), lr=0.0), ADVERSARIAL[loss],
-                 Priors(priors, teacher, stages, samples), Accelerator(cpu=True), sample_z=None, pool=samples,
-                 adversarial_weight=adversarial, student_taps=Taps(student, "student", stages) if stages else None,
-                 at_weight=at, at_adversarial=at_adversarial)
+    keys = [f"loss={loss}", f"features.at={at}", f"features.at_adversarial={at_adversarial}",
+            f"adversarial={adversarial}", *(f"priors.{k}={'null' if v is None else v}" for k, v in vars(priors).items())]
+    optimizers = (torch.optim.SGD(student.parameters(), lr=0.0), torch.optim.Adam(generator.parameters(), lr=0.0))
+    return parts_for(teacher, student, generator, keys, optimizers=optimizers, pool=samples)
 
 
 def grads(module: nn.Module) -> list[torch.Tensor]:
@@ -156,6 +156,24 @@ def test_attention_transfer_is_zero_for_equal_maps_and_pools_to_the_smaller_map(
     assert d.shape == (3,) and (d >= 0).all() and (d < 2).all()
 
 
+def test_zskt_taps_of_a_wrn_are_its_three_groups_raw_outputs():
+    """As ZSKT's WRN returns its attention maps: the third group's output before the final BN-ReLU, which
+    only the classifier path takes."""
+    torch.manual_seed(0)
+    teacher, student = wrn.wrn_16_2().eval(), wrn.wrn_16_1().eval()
+    assert stages_for(teacher, student) == 3
+    taps, x = Taps(teacher, "teacher", 3), torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), taps.record():
+        logits = teacher(x)
+    with torch.no_grad():
+        groups = [teacher.stages[0](teacher.conv1(x))]
+        groups += [teacher.stages[1](groups[0])]
+        groups += [teacher.stages[2](groups[1])]
+        assert torch.equal(logits, teacher.fc(teacher.act(teacher.norm(groups[2])).mean((2, 3))))
+    assert len(taps.maps) == 3 and all(torch.equal(got, want) for got, want in zip(taps.maps, groups))
+    assert (taps.maps[2] < 0).any()  # raw: not yet through the final ReLU
+
+
 def test_contrastive_loss_is_low_for_distinct_views_and_high_for_identical_images():
     torch.manual_seed(0)
     distinct = torch.randn(8, 16)
@@ -197,9 +215,17 @@ def test_every_preset_loads_and_names_its_paper(method):
 
 
 def test_command_line_keys_win_over_the_preset_and_the_preset_over_the_recipe():
-    cfg = load_config(["method=dafl", "priors.ie=2"])  # recipe=default sets priors.ie=1, DAFL 5
+    cfg = load_config(["method=dafl", "priors.ie=2"])  # recipe=default sets priors.ie=1, DAFL 5 / ln 10
     assert cfg.priors.ie == 2 and cfg.priors.oh == 1.0 and cfg.adversarial == 0.0 and cfg.loss == "kl"
-    assert load_config(["method=dafl"]).priors.ie == 5.0
+    assert load_config(["method=dafl"]).priors.ie == DAFL_IE
+
+
+def test_dafl_entropy_term_is_dafl_weight_5_on_the_log10_entropy():
+    """DAFL's code weighs sum_c p_c log10 p_c by 5; dfkd's term takes the natural log, so its weight is 5 / ln 10."""
+    assert load_config(["method=dafl"]).priors.ie == DAFL_IE == pytest.approx(2.1714724095, abs=1e-10)
+    logits = torch.randn(32, CLASSES, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    p = torch.softmax(logits, 1).mean(0)
+    torch.testing.assert_close(DAFL_IE * entropy_loss(logits), 5.0 * (p * torch.log10(p)).sum(), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "dfad"])

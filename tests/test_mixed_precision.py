@@ -11,11 +11,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from parts import parts_for  # tests/parts.py
 
 import dfkd.models  # noqa: F401  (registers lenet5 / lenet5_half in timm)
-from dfkd.build import prepare_teacher
-from dfkd.config import PriorsConfig
-from dfkd.losses import ADVERSARIAL, Priors
 from dfkd.models import Generator
 from dfkd.onestage import one_stage_step
 from dfkd.schemes import Parts
@@ -33,10 +31,8 @@ def default_recipe_parts(accelerator: Accelerator, lr: float, loss: str = "l1") 
     generator = Generator(nz=NZ, ngf=8, image_size=32, channels=1).train()
     opt_s = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9)
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr)
-    student, generator, opt_s, opt_g = accelerator.prepare(student, generator, opt_s, opt_g)
-    priors = Priors(PriorsConfig(), teacher)
-    return Parts(student, prepare_teacher(accelerator, teacher), generator, opt_s, opt_g, ADVERSARIAL[loss], priors,
-                 accelerator, sample_z=None)
+    return parts_for(teacher, student, generator, [f"loss={loss}", f"generator.nz={NZ}"], optimizers=(opt_s, opt_g),
+                     accelerator=accelerator)
 
 
 def z_batch(seed: int = 1) -> torch.Tensor:

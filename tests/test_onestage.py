@@ -5,13 +5,13 @@ import copy
 
 import pytest
 import torch
-from accelerate import Accelerator
+from parts import parts_for  # tests/parts.py
 from torch import nn
 
-from dfkd.config import PriorsConfig
-from dfkd.losses import ADVERSARIAL, Adversarial, Priors, gradient_scale
+from dfkd.losses import ADVERSARIAL, Adversarial, gradient_scale
 from dfkd.models import Generator
 from dfkd.onestage import one_stage_step, reverse_grad
+from dfkd.schema import PriorsConfig
 from dfkd.schemes import Parts, generator_step, student_step
 
 CLASSES, NZ, SIZE = 5, 8, 8
@@ -41,8 +41,8 @@ def make_parts(loss: str, student_bn: bool, priors: PriorsConfig) -> Parts:
     # lr=0: optimizer steps leave the weights where they are, and the gradients stay readable
     opt_s = torch.optim.SGD(student.parameters(), lr=0.0)
     opt_g = torch.optim.Adam(generator.parameters(), lr=0.0)
-    return Parts(student, teacher, generator, opt_s, opt_g, ADVERSARIAL[loss], Priors(priors, teacher),
-                 Accelerator(cpu=True), sample_z=None)
+    keys = [f"loss={loss}", *(f"priors.{k}={'null' if v is None else v}" for k, v in vars(priors).items())]
+    return parts_for(teacher, student, generator, keys, optimizers=(opt_s, opt_g))
 
 
 def grads(module: nn.Module) -> list[torch.Tensor]:

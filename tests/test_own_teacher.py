@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dfkd.artifacts import FILES, reload
 from dfkd.distill import main as distill
 from dfkd.errors import DfkdError
-from dfkd.export import FILES, reload
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = "test_efficientnet"  # timm's smallest BatchNorm CNN: trains on MNIST in seconds on a CPU

@@ -55,8 +55,9 @@ def test_gen_classes_are_read_from_the_training_records_after_the_first_evaluati
 
 
 def results_file(path, dataset, command, runs, base=("recipe=default",)):
-    path.write_text(json.dumps({"dataset": dataset, "command": command, "base": list(base), "runs": [
-        {"pair": pair, "seed": seed, "summary": {"teacher_acc": teacher}} for pair, seed, teacher in runs]}))
+    path.write_text(json.dumps({"dataset": dataset, "command": command, "machine": {"date": command}, "base": list(base),
+                                "runs": [{"pair": pair, "seed": seed, "summary": {"teacher_acc": teacher}}
+                                         for pair, seed, teacher in runs]}))
     return path
 
 
@@ -64,9 +65,10 @@ def test_merge_reads_each_pair_and_seed_once(pairs, tmp_path):
     a = results_file(tmp_path / "a.json", "mnist", "run a", [("resnet", 0, 99.31), ("lenet", 0, 98.82)])
     b = results_file(tmp_path / "b.json", "mnist", "run b", [("resnet", 2, 99.31)])
 
-    runs, commands, first = pairs.merged_runs([b, a], "mnist")
+    runs, sources, first = pairs.merged_runs([b, a], "mnist")
     assert [(r["pair"], r["seed"]) for r in runs] == [("lenet", 0), ("resnet", 0), ("resnet", 2)]
-    assert commands == ["run b", "run a"]
+    assert sources == [{"command": "run b", "machine": {"date": "run b"}},
+                       {"command": "run a", "machine": {"date": "run a"}}]
     assert first["command"] == "run b"
 
     with pytest.raises(ValueError, match="resnet seed 0 is in .*a.json and in .*again.json"):
@@ -76,6 +78,28 @@ def test_merge_reads_each_pair_and_seed_once(pairs, tmp_path):
                                            base=("recipe=default", "student_updates=50"))], "mnist")
     with pytest.raises(ValueError, match="holds digits runs, not mnist"):
         pairs.merged_runs([results_file(tmp_path / "d.json", "digits", "c", [])], "mnist")
+
+
+def test_a_merged_file_keeps_the_command_and_machine_of_every_file_it_merged(pairs, tmp_path, one_thread):
+    def invocation(name, command, seed, load):
+        summary = {"teacher_acc": 99.0, "student_final_acc": 96.0, "student_best_acc": 96.1, "train_seconds": 9.0}
+        machine = {"cpu": "c", "cores": "2", "torch": "t", "load": load, "date": command}
+        path = tmp_path / f"pairs_{name}.json"
+        path.write_text(json.dumps({"dataset": "mnist", "command": command, "machine": machine, "teacher_epochs": 2,
+                                    "base": ["recipe=default"], "runs": [{"pair": "resnet", "seed": seed,
+                                                                          "gen_classes": [9.0], "summary": summary}]}))
+        return path, machine
+
+    (a, machine_a), (b, machine_b) = invocation("x_s0", "run a", 0, "0.5"), invocation("x_s1", "run b", 1, "1.5")
+    assert pairs.main(["--name", "x", "--merge", str(a), str(b), "--results", str(tmp_path)]) == 0
+    merged = json.loads((tmp_path / "pairs_x.json").read_text())
+    assert (merged["commands"], merged["machines"]) == (["run a", "run b"], [machine_a, machine_b])
+    assert [(r["pair"], r["seed"]) for r in merged["runs"]] == [("resnet", 0), ("resnet", 1)]
+    a.unlink()
+    b.unlink()  # the merged file alone: merged again, it gives the same runs, commands and machines
+    assert pairs.main(["--name", "y", "--merge", str(tmp_path / "pairs_x.json"), "--results", str(tmp_path)]) == 0
+    again = json.loads((tmp_path / "pairs_y.json").read_text())
+    assert [again[k] for k in ("runs", "commands", "machines")] == [merged[k] for k in ("runs", "commands", "machines")]
 
 
 def test_each_run_is_compared_with_its_own_teacher(pairs, one_thread):

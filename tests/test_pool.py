@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from accelerate import Accelerator
+from parts import parts_for  # tests/parts.py
 from torch import nn
 
-from dfkd.config import PriorsConfig, load_config
+from dfkd.config import load_config
 from dfkd.errors import DfkdError
-from dfkd.losses import ADVERSARIAL, Priors
 from dfkd.models import Generator
 from dfkd.onestage import one_stage_step
 from dfkd.pool import SamplePool, make_pool
@@ -44,9 +43,10 @@ def parts(pool: SamplePool = None, fresh: float = 0.0, steps: int = 0) -> Parts:
     opt_s = torch.optim.SGD(student.parameters(), lr=0.1)
     opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(1)
-    return Parts(student, teacher, generator, opt_s, opt_g, ADVERSARIAL["l1"], Priors(PriorsConfig(), teacher),
-                 Accelerator(cpu=True), lambda: torch.randn(BATCH, NZ, generator=gen), pool=pool, pool_steps=steps,
-                 pool_fresh=fresh)
+    made = parts_for(teacher, student, generator, ["loss=l1", f"pool.steps={steps}", f"pool.fresh={fresh}"],
+                     optimizers=(opt_s, opt_g), pool=pool)
+    made.sample_z = lambda: torch.randn(BATCH, NZ, generator=gen)
+    return made
 
 
 def empty_pool(capacity: int = 12) -> SamplePool:

@@ -74,7 +74,7 @@ def test_recipe_wiring_two_cycles_and_an_eval_forward(recipe, tmp_path, monkeypa
         seen.update(kind=kind, n=len(y), mean=tuple(data.mean))
         return DataLoader(TensorDataset(x, y), batch_size=data.eval_batch_size)
 
-    monkeypatch.setattr(dfkd.build, "test_loader", wiring_loader)
+    monkeypatch.setattr(dfkd.build, "evaluation_loader", wiring_loader)
     # k=1: two cycles of one student and one generator update (the recipe's k only repeats the student step).
     # A random teacher scores near chance by design: allow_near_chance lets the wiring run.
     cfg = load_config([f"recipe={recipe}", *OVERRIDES.get(recipe, []), "batch_size=2", "k=1", "student_updates=2",

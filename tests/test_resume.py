@@ -26,8 +26,9 @@ from torch import nn
 
 from dfkd import schemes
 from dfkd.checkpoint import complete_checkpoints, restore, save_checkpoint
-from dfkd.config import Config, load_config
+from dfkd.config import load_config
 from dfkd.errors import DfkdError
+from dfkd.schema import Config
 from dfkd.trainer import distill
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,9 +9,10 @@ from conftest import PLAIN
 from safetensors.torch import load_file
 from torch import nn
 
-from dfkd.config import Config, load_config
+from dfkd.config import load_config
 from dfkd.ema import ModelEMA
-from dfkd.losses import BN_PRIOR, Priors
+from dfkd.priors import BN_PRIOR, Priors
+from dfkd.schema import Config
 from dfkd.trainer import distill
 from dfkd.weights import create_model
 
@@ -36,10 +37,10 @@ def test_ema_averages_floats_with_a_warm_up_cap_and_copies_integer_buffers():
 def test_bn_prior_is_on_for_a_teacher_with_batchnorm_and_off_without():
     weights = Config().priors
     assert weights.bn is None  # the default is the rule
-    assert Priors(weights, create_model("test_resnet", 10, in_chans=1)).bn_w == BN_PRIOR > 0
-    assert Priors(weights, create_model("lenet5", 10, in_chans=1)).bn_w == 0
+    assert Priors(weights, create_model("test_resnet", 10, in_chans=1)).weights["bn"] == BN_PRIOR > 0
+    assert Priors(weights, create_model("lenet5", 10, in_chans=1)).weights["bn"] == 0
     weights.bn = 0.0  # an explicit value wins
-    assert Priors(weights, create_model("test_resnet", 10, in_chans=1)).bn_w == 0
+    assert Priors(weights, create_model("test_resnet", 10, in_chans=1)).weights["bn"] == 0
 
 
 @pytest.mark.usefixtures("mnist_teacher", "one_thread")

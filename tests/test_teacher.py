@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
-from dfkd import evaluate
+from dfkd import accuracy as evaluate
 from dfkd.config import load_config
 from dfkd.contract import resolve
 from dfkd.data import tensor_dataset, to_model_input
@@ -71,7 +71,7 @@ def test_teacher_trained_by_the_script_loads_back_with_the_same_test_accuracy(tm
     cfg = load_config(["recipe=lenet5_to_lenet5half", f"teacher.checkpoint={out}", "teacher.train_if_missing=false"])
     resolve(cfg)
     teacher = build_teacher(cfg)
-    loader = evaluate.test_loader(cfg.data)
+    loader = evaluate.evaluation_loader(cfg.data)
     acc = evaluate.evaluate(teacher, loader, Accelerator(cpu=True))
     assert len(loader.dataset) == 10_000
     assert round(acc, 2) == card["test_accuracy"]

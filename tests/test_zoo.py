@@ -146,9 +146,13 @@ def test_features_only_returns_the_declared_channels_and_reductions(name):
         maps = net(zoo_input(net))
     sizes = LENET_SIZES if name.startswith("lenet") else [32 // r for r in reductions]
     assert [tuple(m.shape) for m in maps] == [(2, c, s, s) for c, s in zip(channels, sizes)]
-    if name != "mobilenetv2_cifar":  # its deepest tap comes before the 1x1 conv head that forward_features ends with
-        with torch.no_grad():  # same seed, same weights: the deepest tap is the full model's feature map
-            assert torch.equal(maps[-1], zoo_model(name, 10).forward_features(zoo_input(net)))
+    model, x = zoo_model(name, 10), zoo_input(net)  # same seed, same weights
+    with torch.no_grad():
+        if name.startswith("wrn_"):  # the last group's raw output (ZSKT's attention map), before the final BN-ReLU
+            assert torch.equal(maps[-1], model.stages(model.conv1(x)))
+            assert torch.equal(model.act(model.norm(maps[-1])), model.forward_features(x))
+        elif name != "mobilenetv2_cifar":  # its deepest tap comes before the 1x1 conv head forward_features ends with
+            assert torch.equal(maps[-1], model.forward_features(x))  # the deepest tap is the full model's feature map
 
 
 @pytest.mark.parametrize("name", list(FEATURES))

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from dfkd.data import Normalize
+from dfkd.models.normalize import Normalize
 
 
 class Generator(nn.Module):

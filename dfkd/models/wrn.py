@@ -47,8 +47,8 @@ class WideResNet(PooledClassifier):
         n = (depth - 4) // 6
         widths = (16 * widen, 32 * widen, 64 * widen)
         self.conv1 = nn.Conv2d(in_chans, 16, 3, padding=1, bias=False)
-        # Pre-activation blocks leave the last stage un-normalised, so (as timm's ResNetV2) the last tap is
-        # after the final BN-ReLU; ``stages.N`` names need timm's flatten_sequential.
+        # Every tap is a group's raw output, the last one too (before the final BN-ReLU), as ZSKT's WRN
+        # returns the maps its attention transfer matches; ``stages.N`` names need timm's flatten_sequential.
         self.feature_info = [{"num_chs": 16, "reduction": 1, "module": "conv1"}]
         stages, in_planes = [], 16
         for i, planes in enumerate(widths):
@@ -56,8 +56,7 @@ class WideResNet(PooledClassifier):
                       for j in range(n)]
             stages.append(nn.Sequential(*blocks))
             in_planes = planes
-            tap = f"stages.{i}" if i < 2 else "act"
-            self.feature_info.append({"num_chs": planes, "reduction": 2 ** i, "module": tap})
+            self.feature_info.append({"num_chs": planes, "reduction": 2 ** i, "module": f"stages.{i}"})
         self.stages = nn.Sequential(*stages)
         self.norm = nn.BatchNorm2d(in_planes)
         self.act = nn.ReLU(inplace=True)

@@ -1,0 +1,61 @@
+"""Top-1 accuracy on real held-out images: the real test split as teacher inputs, sharded across processes and
+gathered; used by the run (teacher check, evaluations), export (parity images) and ``dfkd evaluate``."""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from dfkd.data import ImageFolder, tensor_dataset
+from dfkd.schema import DataConfig
+
+Predict = Callable[[torch.Tensor], torch.Tensor]  # images -> logits
+
+
+def evaluation_loader(data, normalize: bool = True) -> DataLoader:
+    """The real test split of ``data.dataset`` as teacher inputs (its contract, ``data.*``); raw 0-1 pixels,
+    resized and cropped the same way, with ``normalize=False`` (what exported files take)."""
+    if data.dataset == "imagefolder":
+        ds = ImageFolder(data.root, data, normalize)
+    else:
+        ds = tensor_dataset(data, train=False, normalize=normalize)
+    return DataLoader(ds, batch_size=data.eval_batch_size, shuffle=False)
+
+
+def real_batches(card: Dict, limit: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """The real test split of an exported student's card as RAW 0-1 images (mean 0, std 1), first ``limit``."""
+    left = sys.maxsize if limit is None else limit
+    for x, y in evaluation_loader(DataConfig(**card["data"]), normalize=False):
+        if left <= 0:
+            return
+        yield x[:left], y[:left]
+        left -= len(y)
+
+
+@torch.no_grad()
+def accuracy(predict: Predict, batches: Iterable, accelerator=None) -> Tuple[float, int]:
+    """Top-1 accuracy in percent of ``predict`` over (images, labels) batches, and the number of images.
+
+    With an ``accelerator``, each process holds a shard: ``gather_for_metrics`` joins them and drops
+    the padding of uneven shards."""
+    correct = total = 0
+    for x, y in batches:
+        preds = predict(x).argmax(1)
+        y = y.to(preds.device)
+        if accelerator is not None:
+            preds, y = accelerator.gather_for_metrics((preds, y))
+        correct += (preds == y).sum().item()
+        total += y.numel()
+    return 100.0 * correct / max(total, 1), total
+
+
+def evaluate(model: nn.Module, loader: DataLoader, accelerator) -> float:
+    """Top-1 accuracy in percent of ``model`` (in eval mode, then as it was) on a sharded test loader."""
+    was_training = model.training
+    model.eval()
+    acc, _ = accuracy(lambda x: model(x.to(accelerator.device)), loader, accelerator)
+    model.train(was_training)
+    return acc
