@@ -37,8 +37,8 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # dfkd, and sweep.py when 
 from step_cost import write_results  # noqa: E402
 from sweep import reported_run, run_variant  # noqa: E402
 
-from dfkd.compare import mean_std  # noqa: E402
 from dfkd.machine import machine_description  # noqa: E402
+from dfkd.results import mean_std  # noqa: E402
 from dfkd.weights import create_model  # noqa: E402
 
 # label: (teacher, student, why this pair). All built with in_chans=1 at 32x32, 10 classes.

@@ -34,11 +34,10 @@ from accelerate import Accelerator
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfkd.build import make_accelerator, make_parts
-from dfkd.compare import parse_scheme
 from dfkd.machine import machine_description
 from dfkd.models import Generator
 from dfkd.schema import Config
-from dfkd.schemes import SCHEMES, Parts
+from dfkd.schemes import SCHEMES, Parts, parse_scheme
 from dfkd.weights import create_model
 
 SCHEME_NAMES = ("two_stage_k5", "two_stage_k1", "one_stage", "hybrid_k5")

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from dfkd.checkpoint import flat  # noqa: E402
 from dfkd.cli import key_listing, one_line_errors  # noqa: E402
 from dfkd.config import available_recipes, load_config  # noqa: E402
+from dfkd.machine import pick_threads  # noqa: E402
 from dfkd.schema import Config  # noqa: E402
 
 
@@ -43,6 +44,7 @@ def distill(argv: List[str]) -> None:
     cfg = load_config(argv)  # first: a typo is reported before the heavy imports (timm, torchvision)
     from dfkd.trainer import distill as train
 
+    pick_threads()  # fewer CPU threads than cores when other jobs hold some (docs/scaling.md)
     train(cfg)
 
 

@@ -51,10 +51,10 @@ METHODS: Dict[str, Method] = {
         {**PLAIN, "loss": "kl", "priors.bn": 1.0}),
     "cmi": Method(
         "Fang et al. 2021, Contrastive Model Inversion for Data-Free Knowledge Transfer (IJCAI)",
-        "G: min BN stats + 0.5 CE(t, argmax t) + 5 sum_c p_c log p_c - 0.5 KL(t || s) + 0.8 InfoNCE(f_T(x), "
+        "G: min BN stats + 0.5 CE(t, argmax t) + 5 sum_c p_c ln p_c - 0.5 KL(t || s) + 0.8 InfoNCE(f_T(x), "
         "f_T(view x); pool);  S: min KL(t || s), mostly on the replay pool. CMI's class loss targets sampled "
         "labels, which balance the classes; a generator without labels cannot take them, so DAFL's entropy "
-        "term (weight 5) balances them here",
+        "term (weight 5, natural log) balances them here",
         {**PLAIN, "loss": "kl", "adversarial": 0.5, "priors.bn": None, "priors.oh": 0.5, "priors.ie": 5.0,
          "priors.cmi": 0.8}),
     "mad": Method(

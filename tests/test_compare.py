@@ -21,27 +21,21 @@ from omegaconf import OmegaConf
 
 from dfkd.build import run_dir_for
 from dfkd.compare import (
-    FRACTIONS,
     NAME_MAX,
     budget_overrides,
     compare,
     entry_name,
     main,
-    measured,
     parse_args,
-    parse_scheme,
-    read_runs,
     run_config,
     run_folder,
     run_order,
-    scheme_label,
-    summarise,
-    time_to_accuracy,
-    write_runs,
 )
 from dfkd.config import load_config
 from dfkd.errors import DfkdError
+from dfkd.results import FRACTIONS, measured, read_runs, summarise, time_to_accuracy, write_runs
 from dfkd.schemes import SCHEMES as SCHEME_FUNCTIONS
+from dfkd.schemes import parse_scheme, scheme_label
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANT = "two_stage_k5+generator.lr=0.002"  # two_stage k=5 with its own generator learning rate

@@ -16,7 +16,7 @@ LAYERS = {  # module (dfkd.NAME; dfkd.models.* are core) -> layer
     **dict.fromkeys(["schema", "config", "card", "contract", "weights", "data", "offline", "accuracy", "teacher",
                      "build", "trainer", "checkpoint", "artifacts"], 2),
     "__init__": 3,
-    **dict.fromkeys(["cli", "distill", "compare", "export", "evaluate"], 4),
+    **dict.fromkeys(["cli", "distill", "compare", "results", "export", "evaluate"], 4),
 }
 
 

@@ -10,6 +10,7 @@ import warnings
 import pytest
 import timm
 import torch
+from cifar_samples import cifar_samples  # tests/cifar_samples.py
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -18,7 +19,6 @@ import dfkd.trainer
 from dfkd.config import available_recipes, load_config
 from dfkd.contract import resolve
 from dfkd.data import to_model_input
-from dfkd.offline import cifar_samples
 from dfkd.weights import create_model
 
 RECIPES = [r for r in available_recipes() if r != "default"]

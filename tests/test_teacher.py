@@ -12,6 +12,7 @@ import pytest
 import timm
 import torch
 from accelerate import Accelerator
+from cifar_samples import cifar_samples  # tests/cifar_samples.py
 from safetensors.torch import save_file
 
 from dfkd import accuracy as evaluate
@@ -19,7 +20,6 @@ from dfkd.config import load_config
 from dfkd.contract import resolve
 from dfkd.data import tensor_dataset, to_model_input
 from dfkd.errors import DfkdError
-from dfkd.offline import cifar_samples
 from dfkd.teacher import build_teacher
 from dfkd.weights import load_weights
 
