@@ -1,5 +1,6 @@
 """Top-1 accuracy on real held-out images: the real test split as teacher inputs, sharded across processes and
-gathered; used by the run (teacher check, evaluations), export (parity images) and ``dfkd evaluate``."""
+gathered; used by the run (teacher check, evaluations), export (parity images) and ``dfkd evaluate``. The same
+pass can count (label, prediction) pairs: how the predictions spread over the classes (``perplexity``)."""
 from __future__ import annotations
 
 import sys
@@ -36,11 +37,13 @@ def real_batches(card: Dict, limit: Optional[int] = None) -> Iterator[Tuple[torc
 
 
 @torch.no_grad()
-def accuracy(predict: Predict, batches: Iterable, accelerator=None) -> Tuple[float, int]:
+def accuracy(predict: Predict, batches: Iterable, accelerator=None,
+             confusion: Optional[torch.Tensor] = None) -> Tuple[float, int]:
     """Top-1 accuracy in percent of ``predict`` over (images, labels) batches, and the number of images.
 
     With an ``accelerator``, each process holds a shard: ``gather_for_metrics`` joins them and drops
-    the padding of uneven shards."""
+    the padding of uneven shards. With ``confusion`` (a zero N x N tensor, N classes), each (label, prediction)
+    pair is counted in it too: row = true class, column = predicted class."""
     correct = total = 0
     for x, y in batches:
         preds = predict(x).argmax(1)
@@ -49,13 +52,24 @@ def accuracy(predict: Predict, batches: Iterable, accelerator=None) -> Tuple[flo
             preds, y = accelerator.gather_for_metrics((preds, y))
         correct += (preds == y).sum().item()
         total += y.numel()
+        if confusion is not None:
+            n = len(confusion)
+            confusion += torch.bincount((y * n + preds).cpu(), minlength=n * n)[:n * n].view(n, n)
     return 100.0 * correct / max(total, 1), total
 
 
-def evaluate(model: nn.Module, loader: DataLoader, accelerator) -> float:
-    """Top-1 accuracy in percent of ``model`` (in eval mode, then as it was) on a sharded test loader."""
+def evaluate(model: nn.Module, loader: DataLoader, accelerator, confusion: Optional[torch.Tensor] = None) -> float:
+    """Top-1 accuracy in percent of ``model`` (in eval mode, then as it was) on a sharded test loader; with
+    ``confusion``, its (label, prediction) counts too (``accuracy``)."""
     was_training = model.training
     model.eval()
-    acc, _ = accuracy(lambda x: model(x.to(accelerator.device)), loader, accelerator)
+    acc, _ = accuracy(lambda x: model(x.to(accelerator.device)), loader, accelerator, confusion)
     model.train(was_training)
     return acc
+
+
+def perplexity(counts: torch.Tensor) -> float:
+    """exp(entropy) of a histogram: how many classes' worth it spreads over (N when uniform, 1 on a single one)."""
+    p = counts.double() / max(int(counts.sum()), 1)
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))

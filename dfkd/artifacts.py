@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dfkd.accuracy import Predict, real_batches
+from dfkd.checkpoint import complete_checkpoints, config_differences
 from dfkd.contract import resolve
 from dfkd.errors import DfkdError
 from dfkd.models.normalize import Normalize
@@ -32,6 +33,9 @@ OPSET = 17  # every onnxruntime since 1.14 runs it; a CNN classifier needs no ne
 ATOL, RTOL = 1e-4, 1e-4  # logits parity, as torch.allclose: |exported - eager| <= ATOL + RTOL * |eager|
 PARITY_IMAGES = 256  # real test images each exported file is checked on
 SUFFIXES = {Path(file).suffix: fmt for fmt, file in FILES.items()}
+RUN_FILES = ("config.yaml", "summary.json", "checkpoints")  # what a dfkd run directory holds: never exported into
+CARD_KEYS = ("architecture", "num_classes", "input_size", "mean", "std", "params", "data.dataset", "teacher.name",
+             "teacher.checkpoint", "teacher.pretrained", "teacher.params")  # of student.json, what dfkd evaluate reads
 
 
 class RawImageModel(nn.Module):
@@ -103,18 +107,33 @@ def _reload(fmt: str, path: Path, arch: Dict) -> Predict:
 
 
 def read_run(run_dir: Path) -> Tuple[Config, Dict]:
-    """The run's resolved config and its summary (empty if the run has not finished)."""
+    """The config the run trained with, and its summary (empty if the run has not finished). That config is the
+    newest checkpoint's copy (dfkd/checkpoint.py) when there is one: RUN_DIR/config.yaml may have been edited
+    since, and a warning line then names the keys that differ. Without a checkpoint, RUN_DIR/config.yaml."""
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.is_file():
         raise DfkdError(f"'{run_dir}' is not a dfkd run directory (no config.yaml); pass OUT_DIR/RUN_NAME of a "
                         f"dfkd distill run")
-    try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(cfg_file)))
-    except Exception as err:
-        raise DfkdError(f"{cfg_file} does not fit this dfkd's config schema: {str(err).splitlines()[0]}") from err
+    cfg = load_run_config(cfg_file)
+    saved = [c / "config.yaml" for c in complete_checkpoints(run_dir) if (c / "config.yaml").is_file()]
+    if saved:
+        trained = load_run_config(saved[-1])
+        edits = config_differences(saved[-1], cfg)
+        if edits:
+            print(f"[dfkd] warning: {cfg_file} differs from the config the student was trained with "
+                  f"({'; '.join(edits)}); using the trained one, {saved[-1]}")
+        cfg = trained
     resolve(cfg)  # runs written before the contract was recorded: derive it as they did
     summary = run_dir / "summary.json"
     return cfg, json.loads(summary.read_text()) if summary.is_file() else {}
+
+
+def load_run_config(cfg_file: Path) -> Config:
+    """A run's config.yaml (or a checkpoint's copy of it) over the schema."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(cfg_file)))
+    except Exception as err:
+        raise DfkdError(f"{cfg_file} does not fit this dfkd's config schema: {str(err).splitlines()[0]}") from err
 
 
 def make_card(run_dir: Path, which: str = "best", weights: Optional[Path] = None) -> Dict:
@@ -177,19 +196,14 @@ def export(run_dir, formats: List[str], out=None, which: str = "best") -> Path:
         raise DfkdError(f"cannot export format '{bad[0]}'; choose from {', '.join(FILES)} (comma-separated)")
     run_dir = Path(run_dir).expanduser()
     card = make_card(run_dir, which)
-    student = create_model(card["architecture"], card["num_classes"], in_chans=card["input_size"][0])
-    load_weights(student, card["weights"], what="student")
-    reference = RawImageModel(student.eval(), card["mean"], card["std"]).eval()
-    images = torch.cat([x for x, _ in real_batches(card, PARITY_IMAGES)])
-    with torch.no_grad():
-        expected = reference(images)
     out = Path(out).expanduser() if out else run_dir / "export"
-    blocked = next((p for p in [out.absolute(), *out.absolute().parents] if p.exists() and not p.is_dir()), None)
-    base = next(p for p in out.absolute().parents if p.is_dir())  # same filesystem as out: os.replace works
-    if blocked is not None or not os.access(base, os.W_OK):
-        raise DfkdError(f"cannot write the export to '{out}': {blocked or base} is "
-                        f"{'a file' if blocked else 'not writable'}; pass --out WRITABLE_DIR")
-    with tempfile.TemporaryDirectory(dir=base, prefix=f".{out.name}.partial-") as tmp:
+    with partial_folder(out) as tmp:
+        student = create_model(card["architecture"], card["num_classes"], in_chans=card["input_size"][0])
+        load_weights(student, card["weights"], what="student")
+        reference = RawImageModel(student.eval(), card["mean"], card["std"]).eval()
+        images = torch.cat([x for x, _ in real_batches(card, PARITY_IMAGES)])
+        with torch.no_grad():
+            expected = reference(images)
         card["opset"], card["parity"], card["files"] = OPSET, {}, {}
         for fmt in formats:
             path = Path(tmp) / FILES[fmt]
@@ -206,3 +220,38 @@ def export(run_dir, formats: List[str], out=None, which: str = "best") -> Path:
         for file in Path(tmp).iterdir():  # everything passed: move into place
             os.replace(file, out / file.name)
     return out
+
+
+def partial_folder(out: Path) -> tempfile.TemporaryDirectory:
+    """The temporary folder the export is written and checked in, beside ``out`` (same filesystem: os.replace
+    moves it into place). Refuses an ``out`` that holds a dfkd run, whose own files (student.safetensors, ...)
+    the export would overwrite; a previous export folder is overwritten as asked."""
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held:
+        raise DfkdError(f"cannot export into '{out}': it holds a dfkd run ({', '.join(held)}) whose files the export "
+                        f"would overwrite; pass --out NEW_DIR (default RUN_DIR/export)")
+    blocked = next((p for p in [out.absolute(), *out.absolute().parents] if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise DfkdError(f"cannot write the export to '{out}': {blocked} is a file; pass --out WRITABLE_DIR")
+    base = next((p for p in out.absolute().parents if p.is_dir()), out.absolute())  # out=/ has no parent
+    try:  # trying is the only honest test: os.access says yes to root, even on /proc
+        return tempfile.TemporaryDirectory(dir=base, prefix=f".{out.name}.partial-")
+    except OSError as err:
+        raise DfkdError(f"cannot write the export to '{out}': {base} is not writable ({err.strerror}); "
+                        f"pass --out WRITABLE_DIR") from err
+
+
+def load_card(path: Path) -> Dict:
+    """An exported student's card (student.json), checked for every key ``dfkd evaluate`` reads."""
+    fix = "re-export the student with dfkd export RUN_DIR"
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DfkdError(f"student card '{path}' is unreadable ({str(err).splitlines()[0][:120]}); {fix}") from err
+    for key in CARD_KEYS:
+        node = card
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise DfkdError(f"student card '{path}' is incomplete: it has no '{key}'; {fix}")
+            node = node[part]
+    return card

@@ -17,16 +17,16 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dfkd.accuracy import evaluate, evaluation_loader
+from dfkd.accuracy import evaluate, evaluation_loader, perplexity
 from dfkd.checkpoint import prepare_run_dir, resume_candidates
 from dfkd.contract import Contract, resolve
 from dfkd.ema import ModelEMA
 from dfkd.errors import DfkdError
-from dfkd.features import Taps, stages_for
+from dfkd.features import Taps, classifier_of, stages_for
 from dfkd.losses import ADVERSARIAL
 from dfkd.models import Generator
 from dfkd.pool import SamplePool, make_pool
-from dfkd.priors import PRIORS, Priors, batchnorm_layers, prior_weights, reads_of
+from dfkd.priors import PRIORS, Priors, batchnorm_layers, decide, prior_weights, reads_of
 from dfkd.schema import Config
 from dfkd.schemes import LatentCodes, Parts, cycle_updates, pool_intake, scheme_label
 from dfkd.teacher import build_teacher
@@ -46,6 +46,7 @@ class Run:
     base_lrs: List[float]
     teacher_acc: float
     contract: Contract
+    teacher_warning: Optional[str] = None  # check_teacher's warning, kept in summary.json
 
 
 def run_dir_for(cfg: Config) -> Path:
@@ -134,36 +135,71 @@ def prepare_teacher(accelerator: Accelerator, teacher: nn.Module, compile: bool 
     return torch.compile(teacher) if compile else teacher
 
 
-def check_teacher(cfg: Config, teacher_acc: float, contract: Contract, print_fn) -> None:
-    """No silent wrong numbers: a teacher near chance on real data means a wrong input pipeline, not a bad teacher."""
+def check_teacher(cfg: Config, teacher_acc: float, contract: Contract, print_fn,
+                  confusion: Optional[torch.Tensor] = None) -> Optional[str]:
+    """No silent wrong numbers: a teacher near chance on real data means a wrong input pipeline, not a bad teacher
+    (an error). One that scores far from its card's accuracy, or, without one, far below a trained model
+    (``weak_signs``), is probably fed wrongly too (a warning). Returns the warning printed, if any: summary.json
+    keeps it. ``confusion``: the teacher's label x prediction counts on the same images."""
     chance = 100.0 / cfg.data.num_classes
-    floor = min(2 * chance, (100 + chance) / 2)
     where = f"{cfg.data.dataset} {cfg.data.root if cfg.data.dataset == 'imagefolder' else 'test split'}"
     card = (f"or correct its card {contract.card.name}" if contract.card
             else "or give the teacher a card (docs/own-teacher.md)")
-    if teacher_acc < floor and not cfg.teacher.allow_near_chance:
+    if teacher_acc < min(2 * chance, (100 + chance) / 2) and not cfg.teacher.allow_near_chance:
         raise DfkdError(
             f"teacher {cfg.teacher.name} scores {teacher_acc:.2f}% on {where}, near chance ({chance:.3g}%): its input "
-            f"pipeline is probably wrong. Check data.mean/data.std (now {list(map(float, cfg.data.mean))}/"
-            f"{list(map(float, cfg.data.std))}), resize/crop (data.image_size={cfg.data.image_size}, data.crop_pct="
-            f"{cfg.data.crop_pct}, data.interpolation={cfg.data.interpolation}), data.channels={cfg.data.channels}, "
-            f"and the class order (data.classes); {card}; "
+            f"pipeline is probably wrong. Check {pipeline_keys(cfg)}; {card}; "
             f"teacher.allow_near_chance=true distils anyway")
-    if contract.card_accuracy is not None and abs(contract.card_accuracy - teacher_acc) > 1.0:
-        print_fn(f"[dfkd] warning: teacher {cfg.teacher.name} scores {teacher_acc:.2f}% here, its card "
-                 f"{contract.card.name} says {contract.card_accuracy:.2f}%: if both are on the same images, the "
-                 f"input pipeline differs (data.mean/std, image_size, crop_pct, interpolation, channels, classes)")
+    warning = None
+    if contract.card_accuracy is not None:
+        if abs(contract.card_accuracy - teacher_acc) > 1.0:
+            warning = (f"teacher {cfg.teacher.name} scores {teacher_acc:.2f}% here, its card {contract.card.name} "
+                       f"says {contract.card_accuracy:.2f}%: if both are on the same images, the input pipeline "
+                       f"differs (data.mean/std, image_size, crop_pct, interpolation, channels, classes)")
+    else:
+        signs = weak_signs(teacher_acc, chance, confusion)
+        if signs:
+            warning = (f"teacher {cfg.teacher.name} scores {teacher_acc:.2f}% on {where}: {', and '.join(signs)}. "
+                       f"Its input pipeline is probably wrong: check {pipeline_keys(cfg)}; {card}. Distilling "
+                       f"anyway; ignore this if the teacher really is this weak")
+    if warning:
+        print_fn(f"[dfkd] warning: {warning}")
+    return warning
+
+
+def weak_signs(teacher_acc: float, chance: float, confusion: Optional[torch.Tensor]) -> List[str]:
+    """Why a teacher with no stated accuracy looks wrongly fed: it scores below the midpoint between chance and
+    100 % (a trained classifier's least), and/or its predictions collapse onto few classes (the perplexity of the
+    predicted-class histogram under half that of the true classes: a subset of classes is no collapse)."""
+    signs = []
+    midpoint = (100 + chance) / 2
+    if teacher_acc < midpoint:
+        signs.append(f"below {midpoint:.3g}% (midway between chance, {chance:.3g}%, and 100%)")
+    if confusion is not None:
+        predicted, labels = perplexity(confusion.sum(0)), perplexity(confusion.sum(1))
+        if predicted < labels / 2:
+            signs.append(f"its predictions collapse onto few classes (perplexity {predicted:.1f} of the predicted "
+                         f"classes, {labels:.1f} of the true ones)")
+    return signs
+
+
+def pipeline_keys(cfg: Config) -> str:
+    """The keys of the teacher's input pipeline, with their values: what to check when it scores too low."""
+    d = cfg.data
+    return (f"data.mean/data.std (now {list(map(float, d.mean))}/{list(map(float, d.std))}), resize/crop "
+            f"(data.image_size={d.image_size}, data.crop_pct={d.crop_pct}, data.interpolation={d.interpolation}), "
+            f"data.channels={d.channels}, and the class order (data.classes)")
 
 
 def decide_nulls(cfg: Config, teacher: nn.Module, print_fn) -> None:
     """Keys whose null the run decides from the teacher, written into ``cfg`` (config.yaml records the decision),
     each said in one line: prior weights (``PRIORS``' auto rules) and ZSKT's split of attention transfer."""
-    decided = prior_weights(cfg.priors, teacher)
-    for name, prior in PRIORS.items():
+    for name in PRIORS:
         if getattr(cfg.priors, name) is None:
-            setattr(cfg.priors, name, decided[name])
-            print_fn(f"[dfkd] priors.{name}=null decided from teacher {cfg.teacher.name}: priors.{name}={decided[name]:g}"
-                     f" ({prior.doc.split(';')[0]}; set priors.{name} to choose)")
+            weight, why = decide(cfg.priors, name, teacher)
+            setattr(cfg.priors, name, weight)
+            print_fn(f"[dfkd] priors.{name}=null: {weight:g} ({'on' if weight else 'off'}: {why}; set priors.{name} to "
+                     f"choose)")
     if cfg.features.at_adversarial is None:  # ZSKT's split: the generator maximises the discrepancy alone
         cfg.features.at_adversarial = False
 
@@ -222,12 +258,13 @@ def build(cfg: Config) -> Run:
         raise DfkdError(f"adversarial=0 leaves the generator nothing to learn: switch a prior on "
                         f"({', '.join(f'priors.{name}' for name in PRIORS)}) or set adversarial > 0")
     base_lrs = [parts.opt_s.param_groups[0]["lr"], parts.opt_g.param_groups[0]["lr"]]
-    teacher_acc = evaluate(parts.teacher, loader, accelerator)
+    confusion = torch.zeros(cfg.data.num_classes, cfg.data.num_classes, dtype=torch.long)
+    teacher_acc = evaluate(parts.teacher, loader, accelerator, confusion)  # one pass: accuracy and predictions
     accelerator.print(f"[dfkd] input: {contract.describe(cfg)}")
     for warning in contract.warnings:
         accelerator.print(f"[dfkd] warning: {warning}")
-    check_teacher(cfg, teacher_acc, contract, accelerator.print)
-    return Run(cfg, accelerator, parts, loader, run_dir, candidates, base_lrs, teacher_acc, contract)
+    teacher_warning = check_teacher(cfg, teacher_acc, contract, accelerator.print, confusion)
+    return Run(cfg, accelerator, parts, loader, run_dir, candidates, base_lrs, teacher_acc, contract, teacher_warning)
 
 
 def make_generator(cfg: Config) -> Generator:
@@ -253,11 +290,12 @@ def bare(accelerator: Accelerator, model: nn.Module) -> nn.Module:
 
 
 def pre_logits_size(teacher: nn.Module) -> int:
-    """Width of the teacher's pre-logits: the input of ``get_classifier()``."""
-    size = getattr(teacher.get_classifier(), "in_features", None)
+    """Width of the teacher's pre-logits: the input of its classifier (``features.classifier_of``)."""
+    weight = getattr(classifier_of(teacher), "weight", None)
+    size = weight.shape[1] if weight is not None and weight.ndim == 2 else None
     if size is None:
         raise DfkdError(f"a prior reads the teacher's pre-logits from the replay pool, and its classifier "
-                        f"{type(teacher.get_classifier()).__name__} has no in_features; switch off the priors "
+                        f"{type(classifier_of(teacher)).__name__} has no 2-D weight; switch off the priors "
                         f"that read the pool (" + ", ".join(f"priors.{n}" for n, p in PRIORS.items() if "pool" in p.reads)
                         + ")")
     return size

@@ -1,7 +1,8 @@
 """The ``dfkd`` command and its conventions: ``dfkd distill|compare|export|evaluate ...``, one module per subcommand.
 
 Every subcommand is a module whose ``main(argv) -> exit code`` runs it; a user mistake (``DfkdError``)
-ends any of them with one line ``dfkd: error: MESSAGE`` on stderr and exit code 2 (``one_line_errors``).
+ends any of them with one line ``dfkd: error: MESSAGE`` on stderr and exit code 2, anything unexpected with
+one line ``dfkd COMMAND: unexpected ...`` and exit code 1 (``one_line_errors``; ``DFKD_DEBUG=1``: the traceback).
 """
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import importlib
 import sys
 from dataclasses import MISSING, Field
 from enum import Enum
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-from dfkd.errors import DfkdError
 from dfkd.schema import schema_fields
 
 COMMANDS = {  # subcommand -> (module whose main(argv) runs it, what it does: one line of `dfkd --help`)
@@ -42,17 +42,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as done:
         return int(done.code or 0)
     return 2
-
-
-def one_line_errors(run: Callable[[], object], prog: str = "dfkd") -> int:
-    """``run()`` and exit code 0, or exit code 2 after printing a user mistake (``DfkdError``) as one line
-    ``PROG: error: MESSAGE`` on stderr: every subcommand ends this way, never with a traceback."""
-    try:
-        run()
-    except DfkdError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def show(value) -> str:

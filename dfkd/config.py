@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -37,9 +38,18 @@ def load_config(argv: List[str]) -> Config:
         raise DfkdError(f"unknown recipe '{recipe}'; available: {', '.join(available_recipes())}")
     try:
         recipe_cfg = OmegaConf.load(path)
-        cli_cfg = OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()])
-    except OmegaConfBaseException as err:
+    except (OmegaConfBaseException, yaml.YAMLError) as err:
         raise DfkdError(f"cannot parse recipe {path}: {err}".splitlines()[0]) from err
+    cli_cfg = OmegaConf.create()
+    for name, value in overrides.items():  # one at a time (as from_dotlist does): an error names its argument
+        try:
+            cli_cfg.merge_with_dotlist([f"{name}={value}"])
+        except yaml.YAMLError as err:  # the value is read as YAML: "[0.1" leaves its bracket open
+            raise DfkdError(f"argument '{name}={value}' does not parse: brackets and quotes must balance "
+                            f"(YAML: {getattr(err, 'problem', None) or type(err).__name__}); quote the whole argument in "
+                            f"the shell, e.g. \"data.mean=[0.5, 0.5, 0.5]\"") from err
+        except OmegaConfBaseException as err:
+            raise DfkdError(f"cannot parse argument '{name}={value}': {err}".splitlines()[0]) from err
     # A method preset goes under the layer that names it: a recipe naming its method may adjust the method's
     # keys; a method named on the command line overrides the recipe's (command-line keys still win).
     layers = []
@@ -66,8 +76,24 @@ def load_config(argv: List[str]) -> Config:
     # the recipe's own teacher may be trained on first use; a checkpoint named on the command line must exist
     if "teacher.checkpoint" in overrides and "teacher.train_if_missing" not in overrides:
         cfg.teacher.train_if_missing = False
+    if "teacher.checkpoint" in overrides and "teacher.name" not in overrides:
+        own_teacher(cfg)
     validate(cfg)
     return cfg
+
+
+def own_teacher(cfg: Config) -> None:
+    """A checkpoint named without an architecture: the checkpoint's own architecture wins over the recipe's teacher,
+    where it states one (a program file holds it; a card beside the weights names it, with its constructor keywords)."""
+    from dfkd.card import find_card, read_card  # late: keep recipe errors free of the file reads
+    from dfkd.sources import is_program_file
+
+    if is_program_file(cfg.teacher.checkpoint):
+        cfg.teacher.name, cfg.teacher.kwargs = None, {}
+        return
+    card = find_card(cfg.teacher) if Path(cfg.teacher.checkpoint).expanduser().is_file() else None
+    if card is not None and read_card(card).get("architecture"):
+        cfg.teacher.name, cfg.teacher.kwargs = None, {}
 
 
 def one_line(err: OmegaConfBaseException, where: str, schema=None, help_hint: str = "dfkd distill --help") -> str:

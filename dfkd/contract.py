@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from torch import nn
+
 from dfkd.card import find_card, read_card
 from dfkd.config import check_contract
 from dfkd.errors import DfkdError
@@ -46,8 +48,13 @@ class Contract:
         for key, source in self.sources.items():
             by_source.setdefault(source, []).append(key)
         origin = "; ".join(f"{', '.join(keys)} from {source}" for source, keys in by_source.items())
-        return (f"{cfg.teacher.name} takes {d.channels}x{d.image_size}x{d.image_size}, mean {_fmt(d.mean)} std "
+        return (f"{teacher_label(cfg.teacher)} takes {d.channels}x{d.image_size}x{d.image_size}, mean {_fmt(d.mean)} std "
                 f"{_fmt(d.std)}, {d.interpolation} {crop}, {d.num_classes} classes ({origin})")
+
+
+def teacher_label(teacher) -> str:
+    """How messages name the teacher: its architecture, or its file when the file is the model."""
+    return teacher.name or Path(teacher.checkpoint or "teacher").name
 
 
 def _fmt(values: List[float]) -> str:
@@ -62,17 +69,20 @@ def take(cfg: Config, contract: Contract, key: str, value: Any, source: str) -> 
         contract.sources[key] = source
 
 
-def from_card(cfg: Config, contract: Contract) -> None:
-    """Step 2: the card's values (and its constructor keywords), and a plain resize where it gives no crop."""
+def from_card(cfg: Config, contract: Contract, architecture: bool = True) -> None:
+    """Step 2: the card's values (its architecture and constructor keywords only for a timm teacher, else the
+    teacher is the module or file already given), and a plain resize where it gives no crop."""
     card_path = find_card(cfg.teacher)
     if card_path is None:
         return
     card, label = read_card(card_path), f"card {card_path.name}"
     contract.card, contract.card_accuracy = card_path, card.get("accuracy")
     for key in ("architecture", "channels", "num_classes", "image_size", "mean", "std", "interpolation",
-                "crop_pct", "classes"):
+                "crop_pct", "classes")[0 if architecture else 1:]:
         if key in card:
             take(cfg, contract, key, card[key], label)
+    if not architecture:
+        return
     if card.get("architecture") not in (None, cfg.teacher.name):
         contract.warnings.append(f"teacher.name={cfg.teacher.name} but its {label} says {card['architecture']}")
     for key, value in card.get("kwargs", {}).items():
@@ -125,19 +135,65 @@ def from_architecture(cfg: Config, contract: Contract, arch: Dict) -> None:
         take(cfg, contract, key, values or None, label)
 
 
-def resolve(cfg: Config) -> Contract:
-    """Fill the null contract keys of ``cfg`` (teacher.name and data.*) in place; returns where each came from."""
+def from_module(cfg: Config, contract: Contract, model, input_shape) -> None:
+    """Steps 3-5 for a teacher that is not a timm architecture (a module of the user's code, a program file): its
+    exported input shape, its first convolution's channels, its output's classes, and a plain resize."""
+    d = cfg.data
+    if input_shape is not None:
+        take(cfg, contract, "channels", input_shape[0], "the exported program's input")
+        if input_shape[1] == input_shape[2]:
+            take(cfg, contract, "image_size", input_shape[1], "the exported program's input")
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    take(cfg, contract, "channels", conv.in_channels if conv is not None else None, "its first convolution")
+    from_dataset(cfg, contract)
+    missing = [k for k in ("channels", "image_size", "mean", "std") if getattr(d, k) is None]
+    if missing:
+        raise DfkdError(f"the teacher's input is unknown ({', '.join(f'data.{k}' for k in missing)}): a model that is "
+                        f"not a timm architecture states it in keys (input_size=, mean=, std= in dfkd.distill) or in a "
+                        f"card beside its file (docs/own-teacher.md)")
+    if d.num_classes is None:
+        take(cfg, contract, "num_classes", probe_classes(model, d.channels, d.image_size), "its output")
+    plain = "the default for a teacher without timm's pretrained_cfg: a plain resize"
+    take(cfg, contract, "interpolation", "bilinear", plain)
+    take(cfg, contract, "crop_pct", 1.0, plain)
+
+
+def probe_classes(model, channels: int, size: int) -> int:
+    """The class count of ``model``: the width of its output on two blank images of the contract's shape."""
+    import torch
+
+    shape = (2, channels, size, size)
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(shape))
+    except Exception as err:
+        raise DfkdError(f"the teacher fails on inputs of shape {shape} (data.channels={channels}, data.image_size="
+                        f"{size}): {type(err).__name__}: {str(err).splitlines()[0][:160]}; give its input shape "
+                        f"(input_size= in dfkd.distill, data.channels/data.image_size, or a card)") from err
+    if not (hasattr(out, "ndim") and out.ndim == 2):
+        raise DfkdError(f"the teacher returns {type(out).__name__} of shape {tuple(getattr(out, 'shape', ()))} on "
+                        f"inputs of shape {shape}; dfkd distils classifiers returning (batch, classes) logits")
+    return int(out.shape[1])
+
+
+def resolve(cfg: Config, model=None, input_shape=None) -> Contract:
+    """Fill the null contract keys of ``cfg`` (teacher.name and data.*) in place; returns where each came from.
+    ``model``: a teacher that is not a timm architecture (its ``input_shape`` (C, H, W) where its file states it)."""
     from dfkd.weights import pretrained_cfg
 
     contract = Contract()
-    from_card(cfg, contract)
-    if cfg.teacher.name is None:
-        raise DfkdError("no teacher architecture: set teacher.name=ARCH (a timm model name), or put "
-                        "\"architecture\" in the teacher's card")
-    arch = pretrained_cfg(cfg.teacher.name)
-    from_checkpoint(cfg, contract, arch)
-    from_dataset(cfg, contract)
-    from_architecture(cfg, contract, arch)
+    from_card(cfg, contract, architecture=model is None)
+    if model is not None:
+        from_module(cfg, contract, model, input_shape)
+    else:
+        if cfg.teacher.name is None:
+            raise DfkdError("no teacher architecture: set teacher.name=ARCH (a timm model name, or package.module:"
+                            "callable), put \"architecture\" in the teacher's card, or give a torch.export / "
+                            "TorchScript file as teacher.checkpoint")
+        arch = pretrained_cfg(cfg.teacher.name)
+        from_checkpoint(cfg, contract, arch)
+        from_dataset(cfg, contract)
+        from_architecture(cfg, contract, arch)
     d = cfg.data
     d.mean, d.std = _per_channel(d.mean, d.channels, "mean"), _per_channel(d.std, d.channels, "std")
     check_contract(d, contract.sources)

@@ -178,3 +178,39 @@ def class_folders(path: Path, classes=None) -> dict:
     if all(f.isdigit() for f in folders):
         return {name: int(name) for name in folders}
     return {name: i for i, name in enumerate(folders)}
+
+
+class GivenDataset(Dataset):
+    """A torch Dataset of (image, label) given to ``dfkd.distill(eval_data=...)``, as teacher inputs: images as
+    0-1 float CHW tensors at the teacher's input shape, or PIL images (converted and resized as a folder's are).
+    Every item is checked as it is read: a wrong shape or a label outside the teacher's classes is a one-line error."""
+
+    def __init__(self, dataset, data, normalize: bool = True):
+        self.dataset, self.data, self.normalize = dataset, data, normalize
+        self.mode = "L" if data.channels == 1 else "RGB"
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+        from torchvision.transforms.functional import pil_to_tensor
+
+        item = self.dataset[i]
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise DfkdError(f"eval_data[{i}] is a {type(item).__name__}, not an (image, label) pair")
+        image, label = item
+        shape = (self.data.channels, self.data.image_size, self.data.image_size)
+        if isinstance(image, Image.Image):
+            x = pil_to_tensor(image.convert(self.mode)).unsqueeze(0)
+        elif torch.is_tensor(image) and image.is_floating_point() and tuple(image.shape) == shape:
+            x = image.unsqueeze(0)
+        else:
+            what = f"a {image.dtype} tensor of shape {tuple(image.shape)}" if torch.is_tensor(image) else type(image).__name__
+            raise DfkdError(f"eval_data[{i}] holds {what}; dfkd.distill takes float tensors in 0-1 of the teacher's "
+                            f"input shape {shape} (channels first), or PIL images")
+        label = int(label)
+        if not 0 <= label < self.data.num_classes:
+            raise DfkdError(f"eval_data[{i}] has label {label}, outside the teacher's {self.data.num_classes} classes "
+                            f"(0..{self.data.num_classes - 1})")
+        return to_model_input(x, self.data, self.normalize)[0], label

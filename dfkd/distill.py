@@ -14,8 +14,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from omegaconf import OmegaConf  # noqa: E402
 
 from dfkd.checkpoint import flat  # noqa: E402
-from dfkd.cli import key_listing, one_line_errors  # noqa: E402
+from dfkd.cli import key_listing  # noqa: E402
 from dfkd.config import available_recipes, load_config  # noqa: E402
+from dfkd.errors import one_line_errors  # noqa: E402
 from dfkd.machine import pick_threads  # noqa: E402
 from dfkd.schema import Config  # noqa: E402
 

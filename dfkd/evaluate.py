@@ -8,7 +8,6 @@ same format: parameters, file size, CPU latency at batch 1 and 64, and test accu
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -18,9 +17,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from dfkd.accuracy import Predict, accuracy, real_batches
-from dfkd.artifacts import FILES, SUFFIXES, RawImageModel, make_card, reload, write
-from dfkd.cli import one_line_errors
-from dfkd.errors import DfkdError
+from dfkd.artifacts import FILES, SUFFIXES, RawImageModel, load_card, make_card, reload, write
+from dfkd.errors import DfkdError, one_line_errors
 from dfkd.machine import machine_description
 from dfkd.weights import create_model, load_weights
 
@@ -52,7 +50,7 @@ def resolve_artifact(path: Path, which: str) -> Tuple[Dict, str, Path]:
     if fmt is None:
         raise DfkdError(f"'{path.name}' is not a dfkd artifact; expected one of {', '.join(SUFFIXES)} or a run dir")
     if (path.parent / "student.json").is_file():
-        return json.loads((path.parent / "student.json").read_text()), fmt, path
+        return load_card(path.parent / "student.json"), fmt, path
     if fmt == "safetensors" and (path.parent / "config.yaml").is_file():
         return make_card(path.parent, which, weights=path), fmt, path
     raise DfkdError(f"no student.json beside '{path}': export it with dfkd export RUN_DIR")
@@ -116,7 +114,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--threads", type=int, help="torch/onnxruntime threads (default: torch's default)")
     parser.add_argument("--out", help="also write the markdown table to this file")
     args = parser.parse_args(argv)
-    if args.threads:
+    return one_line_errors(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
+    """``dfkd evaluate`` with its parsed arguments: counts of zero or less refused, then the table."""
+    for option, value, default in (("--limit", args.limit, "the whole test split"),
+                                   ("--threads", args.threads, "torch's default")):
+        if value is not None and value < 1:
+            raise DfkdError(f"{option} must be >= 1, got {value}; leave it out for {default}")
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    return one_line_errors(lambda: write_table(evaluate_artifact(args.artifact, args.limit, args.which, args.seconds),
-                                               args.out))
+    write_table(evaluate_artifact(args.artifact, args.limit, args.which, args.seconds), args.out)

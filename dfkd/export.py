@@ -3,7 +3,9 @@
     dfkd export runs/default-one_stage-s0 [--format safetensors,torchscript,onnx] [--out DIR] [--which best|final]
 
 Every file is reloaded and checked against the in-memory student on real test images before it is kept
-(dfkd/artifacts.py); only when all checks pass are the files moved into DIR.
+(dfkd/artifacts.py); only when all checks pass are the files moved into DIR. The student is fed as it was trained:
+the config comes from the run's newest checkpoint (a hand-edited RUN_DIR/config.yaml is reported, not used), and
+DIR may not be a run directory, whose own files the export would overwrite.
 """
 from __future__ import annotations
 
@@ -13,14 +15,14 @@ from pathlib import Path
 from typing import List, Optional
 
 from dfkd.artifacts import FILES, export
-from dfkd.cli import one_line_errors
+from dfkd.errors import one_line_errors
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="dfkd export", description="Export a run's student, parity-checked.")
     parser.add_argument("run_dir")
     parser.add_argument("--format", default=",".join(FILES), help="comma-separated: " + ", ".join(FILES))
-    parser.add_argument("--out", help="output directory (default RUN_DIR/export)")
+    parser.add_argument("--out", help="output directory (default RUN_DIR/export; not a run directory)")
     parser.add_argument("--which", choices=("best", "final"), default="best")
     args = parser.parse_args(argv)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]

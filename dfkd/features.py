@@ -42,6 +42,25 @@ def stage_modules(model: nn.Module, role: str) -> List[nn.Module]:
     return [modules[n] for n in names]
 
 
+def hookable(model: nn.Module) -> bool:
+    """Forward hooks (BatchNorm prior, feature taps) work on every module but TorchScript ones."""
+    return not isinstance(model, torch.jit.ScriptModule)
+
+
+def classifier_of(model: nn.Module, role: str = "teacher") -> nn.Module:
+    """The layer whose input is the pre-logits: timm's ``get_classifier()``, else the last linear layer (a plain
+    ``nn.Linear``, or an exported program's layer holding one 2-D weight)."""
+    if hasattr(model, "get_classifier"):
+        return model.get_classifier()
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear) or (
+        {n for n, _ in m.named_parameters(recurse=False)} in ({"weight"}, {"weight", "bias"})
+        and getattr(m, "weight", None) is not None and m.weight.ndim == 2 and not list(m.children()))]
+    if not linear:
+        raise DfkdError(f"the {role} has no classifier layer (timm's get_classifier, or a linear layer) whose input "
+                        f"the pre-logit terms read; switch them off (priors.act=0 priors.cmi=0)")
+    return linear[-1]
+
+
 class Taps:
     """Records stage outputs (``maps``) and/or the pre-logits (``pre_logits``) of forwards run inside ``record()``."""
 
@@ -53,7 +72,7 @@ class Taps:
             for module in stage_modules(model, role)[-stages:]:
                 module.register_forward_hook(self._map)
         if pre_logits:
-            model.get_classifier().register_forward_hook(self._pre_logits)
+            classifier_of(model, role).register_forward_hook(self._pre_logits)
 
     def _map(self, _module, _inputs, output) -> None:
         if self.on:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfkd.errors import DfkdError
-from dfkd.features import Taps, activation_loss, contrastive_loss, full, second_view
+from dfkd.features import Taps, activation_loss, contrastive_loss, full, hookable, second_view
 from dfkd.losses import TeacherOutput
 
 BN_PRIOR = 1.0  # priors.bn=null: this weight when the teacher has BatchNorm layers, as CMI weighs it
@@ -46,8 +46,20 @@ def class_perplexity(teacher_logits: torch.Tensor) -> torch.Tensor:
 
 
 def batchnorm_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """``model``'s BatchNorm layers (any dimension), with their names."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """``model``'s BatchNorm layers (any dimension), with their names: ``nn.BatchNorm*``, or an exported program's
+    layer holding BatchNorm's running statistics. None in a TorchScript module, whose layers cannot be hooked."""
+    if not hookable(model):
+        return []
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) or (
+        {"running_mean", "running_var"} <= {b for b, _ in m.named_buffers(recurse=False)} and not list(m.children()))]
+
+
+def bn_rule(teacher: nn.Module) -> Tuple[float, str]:
+    """priors.bn=null: ``BN_PRIOR`` for a teacher with BatchNorm layers, else 0; and why."""
+    if not hookable(teacher):
+        return 0.0, "a TorchScript teacher's layers cannot be hooked"
+    found = len(batchnorm_layers(teacher))
+    return (BN_PRIOR, f"it has {found} BatchNorm layers") if found else (0.0, "it has no BatchNorm layer")
 
 
 @dataclass(frozen=True)
@@ -59,14 +71,14 @@ class Prior:
     term: Callable[["Priors", nn.Module, torch.Tensor, TeacherOutput], torch.Tensor]
     default: Optional[float] = 0.0  # None: decided from the teacher by ``auto`` (the run says what it decided)
     reads: FrozenSet[str] = frozenset()  # keys of READS
-    auto: Optional[Callable[[nn.Module], float]] = None  # the weight of a null, from the teacher
+    auto: Optional[Callable[[nn.Module], Tuple[float, str]]] = None  # the weight of a null from the teacher, and why
 
 
 PRIORS: Dict[str, Prior] = {  # the order is the order of the terms in the generator's loss
     "bn": Prior("BatchNorm-statistics matching on the teacher's BN layers (DeepInversion/DFQ); null: "
                 f"{BN_PRIOR} if the teacher has BatchNorm, else 0",
                 lambda p, teacher, x, out: torch.stack(p.bn_terms).sum(), default=None, reads=frozenset({"bn"}),
-                auto=lambda teacher: BN_PRIOR if batchnorm_layers(teacher) else 0.0),
+                auto=lambda teacher: bn_rule(teacher)),
     "oh": Prior("one-hot cross-entropy of the teacher's prediction (DAFL)",
                 lambda p, teacher, x, out: one_hot_loss(out.logits)),
     "ie": Prior("information entropy of the batch-mean teacher prediction: class balance (DAFL)",
@@ -81,12 +93,17 @@ PRIORS: Dict[str, Prior] = {  # the order is the order of the terms in the gener
 
 
 def prior_weights(weights, teacher: nn.Module) -> Dict[str, float]:
-    """Every prior's weight from ``weights`` (a PriorsConfig), a null decided from the teacher."""
-    decided = {}
-    for name, prior in PRIORS.items():
-        value = getattr(weights, name)
-        decided[name] = float(prior.auto(teacher) if value is None else value)
-    return decided
+    """Every prior's weight from ``weights`` (a PriorsConfig), a null decided from the teacher (``decide``)."""
+    return {name: decide(weights, name, teacher)[0] for name in PRIORS}
+
+
+def decide(weights, name: str, teacher: nn.Module) -> Tuple[float, str]:
+    """Prior ``name``'s weight and, where a null was decided from the teacher, why (else "")."""
+    value = getattr(weights, name)
+    if value is not None:
+        return float(value), ""
+    weight, why = PRIORS[name].auto(teacher)
+    return float(weight), why
 
 
 def reads_of(weights: Dict[str, float]) -> FrozenSet[str]:
@@ -132,6 +149,12 @@ class Priors:
         self.weights = prior_weights(weights, teacher)
         self.on = {name: w for name, w in self.weights.items() if w > 0}
         reads = reads_of(self.on)
+        hooked = [n for n in self.on if PRIORS[n].reads & {"bn", "pre_logits"}]
+        if hooked and not hookable(teacher):
+            names = ", ".join(f"priors.{n}" for n in hooked)
+            raise DfkdError(f"{names} read the teacher's layers through hooks, which a TorchScript teacher does not "
+                            f"allow: set {names.replace(', ', '=0 ')}=0, or give the teacher as a torch.export .pt2 "
+                            f"file or as code (docs/own-teacher.md)")
         if "bn" in reads and not batchnorm_layers(teacher):
             names = ", ".join(f"priors.{n}" for n in self.on if "bn" in PRIORS[n].reads)
             raise DfkdError(f"{names} needs BatchNorm layers in the teacher, and it has none (method=dfq is defined "

@@ -34,7 +34,7 @@ class Choice(str, Enum):
 
 
 Optimizer = Choice("Optimizer", {"sgd": "sgd", "adam": "adam"})
-Dataset = Choice("Dataset", {n: n for n in ("mnist", "digits", "cifar10", "cifar100", "imagefolder")})
+Dataset = Choice("Dataset", {n: n for n in ("mnist", "digits", "cifar10", "cifar100", "imagefolder", "given")})
 Interpolation = Choice("Interpolation", {n: n for n in ("bilinear", "bicubic", "nearest")})
 LrSchedule = Choice("LrSchedule", {n: n for n in ("cosine", "step", "constant")})
 MixedPrecision = Choice("MixedPrecision", {n: n for n in ("no", "bf16", "fp16")})
@@ -45,11 +45,14 @@ INTERPOLATIONS = tuple(i.value for i in Interpolation)
 
 @dataclass
 class TeacherConfig:
-    name: Optional[str] = key(None, "a timm model name; null: the architecture on the teacher's card")
-    checkpoint: Optional[str] = key(None, ".safetensors, or .pt/.pth read with weights_only=True (never unpickled)")
+    name: Optional[str] = key(None, "a timm model name, or package.module:callable (a model of your code, called "
+                                    "with teacher.kwargs); null: the architecture on the teacher's card, or none "
+                                    "when teacher.checkpoint is a program file")
+    checkpoint: Optional[str] = key(None, "weights: .safetensors, or .pt/.pth read with weights_only=True (never "
+                                          "unpickled); or a self-contained program: torch.export .pt2 or TorchScript")
     card: Optional[str] = key(None, "JSON card of the teacher's input (docs/own-teacher.md); null: looked for "
                                     "beside the checkpoint", logging=True)
-    kwargs: Dict[str, Any] = key({}, "extra timm constructor keywords, e.g. teacher.kwargs.drop_rate=0")
+    kwargs: Dict[str, Any] = key({}, "extra constructor keywords, e.g. teacher.kwargs.drop_rate=0")
     pretrained: bool = key(False, "timm's pretrained weights by name (ImageNet teachers)")
     train_if_missing: bool = key(False, "train one with teachers/train.py when the checkpoint is absent",
                                  logging=True)
@@ -60,7 +63,9 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    name: str = key("lenet5_half", "a timm model name; built with the teacher's channels and classes")
+    name: str = key("lenet5_half", "a timm model name, built with the teacher's channels and classes; or "
+                                   "package.module:callable, called with student.kwargs")
+    kwargs: Dict[str, Any] = key({}, "extra constructor keywords, e.g. student.kwargs.drop_rate=0")
     optimizer: Optimizer = key(Optimizer.sgd, "sgd (DFAD) or adam (AdamW)")
     lr: float = key(0.1, "student learning rate (SGD 0.1, as in DFAD)")
     momentum: float = key(0.9, "SGD momentum")
@@ -129,7 +134,8 @@ class DataConfig:
     """
 
     dataset: Dataset = key(Dataset.mnist, "evaluation data; a data.root of class folders on the command line "
-                                          "selects imagefolder unless data.dataset is given too")
+                                          "selects imagefolder unless data.dataset is given too; given: a torch "
+                                          "Dataset passed to dfkd.distill(eval_data=...)")
     root: str = key("~/.cache/dfkd/data", "where the dataset is (imagefolder: one sub-folder per class)",
                     logging=True)
     download: bool = key(True, "torchvision's download when the files are absent", logging=True)

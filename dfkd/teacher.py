@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,14 +16,38 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from dfkd.errors import DfkdError
+from dfkd.sources import from_import_path, is_given, is_import_path, is_program_file, load_program
 from dfkd.weights import create_model, load_weights, save_weights
 
 
-def build_teacher(cfg) -> nn.Module:
+def teacher_source(cfg, given: Optional[nn.Module] = None) -> Tuple[Optional[nn.Module], Optional[Tuple[int, ...]]]:
+    """The teacher when it is not a timm architecture (dfkd/sources.py), and its input shape (C, H, W) where its file
+    states it: the module given to the Python API, a model of the user's code (``teacher.name=pkg.module:callable``,
+    weights from ``teacher.checkpoint``) or a self-contained program file. (None, None) for a timm teacher."""
+    t = cfg.teacher
+    if given is not None:
+        return given, None
+    if is_import_path(t.name):
+        model = from_import_path(t.name, dict(t.kwargs), "teacher")
+        if t.checkpoint:
+            load_weights(model, t.checkpoint)
+        return model, None
+    if is_program_file(t.checkpoint):
+        if t.name is not None:
+            raise DfkdError(f"teacher.checkpoint '{t.checkpoint}' is a self-contained program (it holds its "
+                            f"architecture): leave teacher.name unset, not {t.name}")
+        return load_program(Path(t.checkpoint).expanduser(), "teacher")
+    return None, None
+
+
+def build_teacher(cfg, model: Optional[nn.Module] = None) -> nn.Module:
     """The frozen teacher of a resolved config (``dfkd.contract.resolve``): eval mode, no weight gradients.
 
-    Trains one first if asked and none is cached."""
+    ``model``: the teacher from ``teacher_source``; else a timm architecture, trained first if asked and none
+    is cached."""
     t = cfg.teacher
+    if model is not None:
+        return model.eval().requires_grad_(False)
     if t.checkpoint and not Path(t.checkpoint).expanduser().exists() and t.train_if_missing:
         print(f"[dfkd] no trained teacher at {t.checkpoint}: training {t.name} on {cfg.data.dataset} first "
               f"(same as: python teachers/train.py model={t.name} dataset={cfg.data.dataset} "
@@ -38,6 +62,20 @@ def build_teacher(cfg) -> nn.Module:
         raise DfkdError("the teacher has no weights: set teacher.checkpoint=PATH (or teacher.pretrained=true "
                         "for timm ImageNet models)")
     return model.eval().requires_grad_(False)
+
+
+def build_student(cfg, given: Optional[nn.Module] = None) -> nn.Module:
+    """The student: the module given to the Python API, a model of the user's code (``student.name=pkg.module:
+    callable`` with ``student.kwargs``), or a timm architecture built with the teacher's channels and classes."""
+    s = cfg.student
+    if given is not None:
+        return given
+    if is_import_path(s.name):
+        return from_import_path(s.name, dict(s.kwargs), "student")
+    if is_given(s.name):
+        raise DfkdError(f"student.name={s.name} was a module given to dfkd.distill: pass the module again "
+                        f"(dfkd.distill(student=model), dfkd.export(run_dir, student=model))")
+    return create_model(s.name, cfg.data.num_classes, in_chans=cfg.data.channels, **s.kwargs)
 
 
 def _augment(x: torch.Tensor, flip: bool, pad: int, gen: torch.Generator) -> torch.Tensor:

@@ -198,7 +198,7 @@ def finish(run: Run, state: RunState, log: MetricsLog) -> Dict:
         "recipe": cfg.recipe, "method": cfg.method, "scheme": cfg.scheme, "k": cfg.k, "loss": cfg.loss, "seed": cfg.seed,
         "teacher": cfg.teacher.name, "student": cfg.student.name, "student_ema": cfg.student.ema,
         "teacher_acc": run.teacher_acc,
-        "teacher_card_acc": run.contract.card_accuracy,
+        "teacher_card_acc": run.contract.card_accuracy, "teacher_warning": run.teacher_warning,
         "student_final_acc": state.final_acc, "student_best_acc": state.best_acc, "best_at_update": state.best_update,
         "student_updates": state.updates, "generator_updates": state.cycles,
         "train_seconds": round(state.train_s, 2), "eval_seconds": round(state.eval_s, 2),

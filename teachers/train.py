@@ -23,10 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from omegaconf import OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
-from dfkd.cli import key_listing, one_line_errors  # noqa: E402
+from dfkd.cli import key_listing  # noqa: E402
 from dfkd.config import one_line  # noqa: E402
 from dfkd.contract import resolve  # noqa: E402
-from dfkd.errors import DfkdError  # noqa: E402
+from dfkd.errors import (
+    DfkdError,  # noqa: E402
+    one_line_errors,  # noqa: E402
+)
 from dfkd.schema import Choice, Config, DataConfig, Dataset, key  # noqa: E402
 from dfkd.teacher import train_teacher  # noqa: E402
 

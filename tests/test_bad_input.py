@@ -4,10 +4,13 @@ The table below is also docs/troubleshooting.md (tests/test_docs.py checks that 
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict, Tuple
 
 import pytest
 import torch
@@ -47,7 +50,19 @@ def make_files(tmp: Path) -> dict:
     (tmp / "not_images" / "0" / "notes.txt").write_text("not an image\n")
     (tmp / "corrupt_images" / "0").mkdir(parents=True)
     (tmp / "corrupt_images" / "0" / "broken.png").write_bytes(os.urandom(512))
+    for name, change in CARD_CHANGES.items():  # the default teacher's card, one value wrong
+        (tmp / f"card_{name}.json").write_text(json.dumps({**CARD, **change}))
+    if TEACHER.is_file():  # a checkpoint with a card beside it that is not JSON
+        (tmp / "beside").mkdir()
+        shutil.copy(TEACHER, tmp / "beside" / "teacher.safetensors")
+        (tmp / "beside" / "teacher.json").write_text('{"mean": [0.1307], "std": [0.3081],}\n')
     return {"TMP": str(tmp)}
+
+
+CARD = {"architecture": "lenet5", "num_classes": 10, "mean": [0.1307], "std": [0.3081], "input_size": [1, 32, 32],
+        "interpolation": "bilinear", "crop_pct": 1.0}
+CARD_CHANGES = {"std": {"std": "abc"}, "crop": {"crop_pct": 0}, "accuracy": {"test_accuracy": "high"},
+                "size": {"input_size": "big"}}
 
 
 # (arguments, fragment of the one-line message); {TMP} is the test's temporary folder
@@ -105,6 +120,20 @@ CASES = {
                                                                         "freshly generated student batches"),
     "generator with nothing to learn": (["adversarial=0", "priors.ie=0"],
                                         "adversarial=0 leaves the generator nothing to learn"),
+    "unbalanced brackets": (["data.mean=[0.1"], "argument 'data.mean=[0.1' does not parse: brackets and quotes must "
+                                                "balance"),
+    "negative seed": (["seed=-1"], "seed must be in [0, 2**32 - 1] (numpy's seed range), got -1"),
+    "seed past numpy's range": (["seed=4294967296"], "seed must be in [0, 2**32 - 1] (numpy's seed range), got "
+                                                     "4294967296"),
+    "card value of the wrong type": (["teacher.card={TMP}/card_std.json"], "std is 'abc', not a number; fix the card"),
+    "card size of the wrong type": (["teacher.card={TMP}/card_size.json"],
+                                    "input_size is 'big', not a number; fix the card"),
+    "card accuracy of the wrong type": (["teacher.card={TMP}/card_accuracy.json"],
+                                        "test accuracy is 'high', not a number; fix the card"),
+    "card value out of range": (["teacher.card={TMP}/card_crop.json"],
+                                "data.crop_pct must be in (0, 1], got 0.0 (from card"),
+    "card beside the checkpoint that is not JSON": (["teacher.checkpoint={TMP}/beside/teacher.safetensors"],
+                                                    "teacher card '{TMP}/beside/teacher.json' cannot be read as JSON"),
 }
 
 
@@ -131,3 +160,80 @@ def test_command_line_error_exits_2_without_traceback():
     assert proc.stderr.strip() == ("dfkd: error: unknown key 'student.lrr' in the command line; "
                                    "did you mean 'student.lr'?")
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+# A wrong input pipeline above the near-chance bar: the run goes on, saying so loudly, and summary.json keeps it.
+WRONG_CARD = {**CARD, "mean": [0.9], "std": [0.5]}  # and no accuracy stated: nothing to compare the score with
+
+
+@needs_teacher
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("card", [None, WRONG_CARD], ids=["default teacher", "card with a wrong mean and std"])
+def test_a_teacher_far_below_a_trained_one_is_warned_about_and_flagged(card, tmp_path, capsys):
+    args = [f"out_dir={tmp_path}", "run_name=r", "student_updates=2", "batch_size=4", "generator.ngf=4",
+            "logger=none", "pool.size=0", "checkpoint_every=0"]
+    if card:
+        (tmp_path / "card.json").write_text(json.dumps(card))
+        args.append(f"teacher.card={tmp_path / 'card.json'}")
+    assert main(args) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[dfkd] warning: teacher")]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    if card is None:
+        assert summary["teacher_warning"] is None and warnings == [] and summary["teacher_acc"] > 95
+        return
+    assert 20 <= summary["teacher_acc"] < 55, "the wrong mean/std no longer lands between the two bars"
+    assert warnings == [f"[dfkd] warning: {summary['teacher_warning']}"]
+    for hint in (f"scores {summary['teacher_acc']:.2f}% on mnist test split: below 55%", "collapse onto few classes",
+                 "data.mean/data.std (now [0.9]/[0.5])", "data.crop_pct", "data.interpolation", "data.channels",
+                 "data.classes", "correct its card card.json"):
+        assert hint in warnings[0], hint
+
+
+def confusion(pairs: Dict[Tuple[int, int], int]) -> torch.Tensor:
+    """A 10-class confusion matrix: (label, prediction) -> count."""
+    counts = torch.zeros(10, 10, dtype=torch.long)
+    for (label, predicted), n in pairs.items():
+        counts[label, predicted] = n
+    return counts
+
+
+@pytest.mark.parametrize("pairs, signs", [
+    ({(c, c): 100 for c in range(10)}, []),
+    ({(c, c if c < 2 else 0): 100 for c in range(10)}, ["below 55%", "collapse onto few classes"]),
+    ({(c, c): 100 for c in range(2)}, []),  # a two-class subset of the teacher's classes, all right: no collapse
+    ({**{(c, c): 40 for c in range(10)}, **{(c, (c + 1) % 10): 60 for c in range(10)}}, ["below 55%"]),
+], ids=["trained", "collapsed and low", "subset of classes", "low, not collapsed"])
+def test_the_weak_teacher_rule_reads_accuracy_and_the_spread_of_predictions(pairs, signs):
+    from dfkd.build import check_teacher
+    from dfkd.config import load_config
+    from dfkd.contract import Contract
+
+    cfg = load_config(["data.mean=[0.9]", "data.std=[0.5]", "data.num_classes=10"])
+    counts = confusion(pairs)
+    acc = 100.0 * counts.trace().item() / counts.sum().item()
+    printed = []
+    warning = check_teacher(cfg, acc, Contract(), printed.append, counts)
+    assert [s for s in ("below 55%", "collapse onto few classes") if s in (warning or "")] == signs
+    assert printed == ([f"[dfkd] warning: {warning}"] if signs else [])
+
+
+def test_a_checkpoint_folder_without_its_complete_marker_is_removed_and_never_resumed(tmp_path):
+    """Pruning removes ``complete`` first: a crash half-way leaves a folder that looks newest but is not whole."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from dfkd.checkpoint import COMPLETE, prepare_run_dir, resume_candidates
+    from dfkd.config import load_config
+
+    cfg = load_config([])
+    folder = tmp_path / "run" / "checkpoints"
+    for step in ("step_000100", "step_000200"):
+        (folder / step).mkdir(parents=True)
+        (folder / step / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        (folder / step / "model.safetensors").write_bytes(b"weights")
+    (folder / "step_000100" / COMPLETE).write_text('{"files": {}}\n')  # step_000200's pruning was cut short
+    assert resume_candidates(cfg, tmp_path / "run") == [folder / "step_000100"]
+    one_process = SimpleNamespace(is_main_process=True, print=print, wait_for_everyone=lambda: None)
+    prepare_run_dir(one_process, tmp_path / "run", fresh=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["step_000100"]

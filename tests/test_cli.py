@@ -1,6 +1,6 @@
 """The ``dfkd`` command: one line per subcommand in ``dfkd --help``, usage and exit 2 without one,
 ``dfkd distill --help`` listing every recipe and every key of the schema, and one error convention
-(``dfkd: error: MESSAGE`` on stderr, exit 2) for every subcommand."""
+(``dfkd: error: MESSAGE`` on stderr, exit 2) for every subcommand; anything unexpected is one line too, exit 1."""
 from __future__ import annotations
 
 import subprocess
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dfkd.cli import COMMANDS, main, one_line_errors
+from dfkd.cli import COMMANDS, main
 from dfkd.config import available_recipes
-from dfkd.errors import DfkdError
+from dfkd.errors import DfkdError, one_line_errors
 from dfkd.schema import Config, schema_fields
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,13 +105,43 @@ def test_the_error_wrapper_turns_a_user_mistake_into_one_line_and_exit_2(capsys)
     assert one_line_errors(mistake, prog="teachers/train.py") == 2
     assert capsys.readouterr().err == "teachers/train.py: error: k must be >= 1, got 0\n"
     assert one_line_errors(lambda: None) == 0
-    with pytest.raises(ZeroDivisionError):  # a bug is not a user mistake: its traceback is kept
-        one_line_errors(lambda: 1 / 0)
+
+
+def test_anything_unexpected_is_one_line_with_the_command_and_exit_1(tmp_path, capsys, monkeypatch):
+    import dfkd.export
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("shapes do not match\nsecond line of the message")
+
+    monkeypatch.setattr(dfkd.export, "export", bug)
+    monkeypatch.delenv("DFKD_DEBUG", raising=False)
+    assert main(["export", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == ("dfkd export: unexpected RuntimeError: shapes do not match "
+                                 "(rerun with DFKD_DEBUG=1 for the traceback)\n")
+    monkeypatch.setenv("DFKD_DEBUG", "1")  # the traceback, for whoever fixes it
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        main(["export", str(tmp_path)])
+
+
+def test_an_interrupt_is_never_swallowed(monkeypatch):
+    import dfkd.export
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dfkd.export, "export", interrupted)
+    monkeypatch.delenv("DFKD_DEBUG", raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        main(["export", "runs/x"])
 
 
 @pytest.mark.parametrize("argv, fragment", [
     (["distill", "student.lrr=0.01"], "unknown key 'student.lrr' in the command line; did you mean 'student.lr'?"),
     (["compare", "budget=steps:10"], "budget 'steps:10' is not updates:N or time:SECONDS"),
+    (["compare", "schemes=[hybrid_k5"], "argument 'schemes=[hybrid_k5' does not parse: brackets and quotes must "
+                                        "balance"),
+    (["distill", "data.mean=[0.1"], "argument 'data.mean=[0.1' does not parse: brackets and quotes must balance"),
     (["export", "{TMP}"], "is not a dfkd run directory (no config.yaml)"),
     (["evaluate", "{TMP}/model.h5"], "model.h5' not found; pass a run directory"),
 ])

@@ -194,3 +194,90 @@ def test_evaluate_a_damaged_artifact_is_one_line(run_dir, tmp_path, capsys, fmt,
 
 
 FILES_BY_FORMAT = ex.FILES
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc and /sys")
+@pytest.mark.parametrize("out", ["/proc/x", "/sys/x"])
+def test_export_where_even_root_cannot_write_is_one_line(run_dir, capsys, out):
+    assert cli(["export", str(run_dir), "--format", "onnx", "--out", out]) == 2
+    assert_one_line_error(capsys, f"cannot write the export to '{out}'", "is not writable", "--out WRITABLE_DIR")
+    assert not Path(out).exists() and not list(Path(out).parent.glob(".x.partial-*"))
+
+
+def copy_run(run_dir: Path, to: Path, checkpoint: bool = True) -> Path:
+    """The files of the run that export reads; a checkpoint's config.yaml and marker, without its weights."""
+    to.mkdir()
+    for name in ("config.yaml", "summary.json", "student_best.safetensors"):
+        shutil.copy(run_dir / name, to / name)
+    if checkpoint:
+        saved = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
+        (to / "checkpoints" / saved.name).mkdir(parents=True)
+        for name in ("config.yaml", "complete"):
+            shutil.copy(saved / name, to / "checkpoints" / saved.name / name)
+    return to
+
+
+@pytest.mark.parametrize("out", ["{RUN}", "{RUN}/checkpoints/{STEP}", "{OTHER}"])
+def test_export_into_a_run_directory_is_refused_and_overwrites_nothing(run_dir, tmp_path, capsys, out):
+    run = copy_run(run_dir, tmp_path / "run")
+    other = copy_run(run_dir, tmp_path / "other", checkpoint=False)
+    step = next((run / "checkpoints").iterdir()).name
+    out = out.format(RUN=run, STEP=step, OTHER=other)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert cli(["export", str(run), "--format", "safetensors", "--out", out]) == 2
+    assert_one_line_error(capsys, f"cannot export into '{out}': it holds a dfkd run", "--out NEW_DIR")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_export_into_a_previous_export_folder_overwrites_it(run_dir, tmp_path, capsys):
+    previous = tmp_path / "previous"
+    shutil.copytree(run_dir / "export", previous)
+    (previous / "student.json").write_text("{}")
+    assert cli(["export", str(run_dir), "--format", "onnx", "--out", str(previous)]) == 0
+    assert json.loads((previous / "student.json").read_text())["files"] == {"onnx": "student.onnx"}
+
+
+def test_export_uses_the_config_the_student_was_trained_with_and_says_so(run_dir, tmp_path, capsys):
+    edited = copy_run(run_dir, tmp_path / "run")
+    config = (edited / "config.yaml").read_text()
+    assert "- 0.1307\n" in config and "- 0.3081\n" in config
+    (edited / "config.yaml").write_text(config.replace("- 0.1307\n", "- 0.5\n").replace("- 0.3081\n", "- 0.25\n"))
+    assert cli(["export", str(edited), "--format", "onnx", "--out", str(tmp_path / "out")]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "data.mean: [0.1307] -> [0.5]; data.std: [0.3081] -> [0.25]" in warnings[0]
+    card = json.loads((tmp_path / "out" / "student.json").read_text())
+    assert (card["mean"], card["std"], card["data"]["mean"]) == ([0.1307], [0.3081], [0.1307])
+    # without a checkpoint's copy, config.yaml is all there is: used as it is, without a warning
+    shutil.rmtree(edited / "checkpoints")
+    assert cli(["export", str(edited), "--format", "onnx", "--out", str(tmp_path / "out2")]) == 0
+    assert "warning" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "out2" / "student.json").read_text())["mean"] == [0.5]
+
+
+@pytest.mark.parametrize("card, words", [
+    ("{not json", ["is unreadable (Expecting property name"]),
+    ("{}", ["is incomplete: it has no 'architecture'"]),
+    ("[]", ["is incomplete: it has no 'architecture'"]),
+    ("no teacher name", ["is incomplete: it has no 'teacher.name'"]),
+])
+def test_evaluate_with_a_damaged_card_is_one_line(run_dir, tmp_path, capsys, card, words):
+    if card == "no teacher name":
+        full = json.loads((run_dir / "export" / "student.json").read_text())
+        del full["teacher"]["name"]
+        card = json.dumps(full)
+    (tmp_path / "student.json").write_text(card)
+    shutil.copy(run_dir / "export" / "student.onnx", tmp_path / "student.onnx")
+    assert cli(["evaluate", str(tmp_path / "student.onnx"), "--limit", "64", "--seconds", "0.1"]) == 2
+    assert_one_line_error(capsys, f"student card '{tmp_path / 'student.json'}'", *words,
+                          "re-export the student with dfkd export RUN_DIR")
+
+
+@pytest.mark.parametrize("option, value", [("--limit", "0"), ("--limit", "-5"), ("--threads", "0"),
+                                           ("--threads", "-1")])
+def test_evaluate_refuses_a_count_below_one(run_dir, capsys, option, value):
+    threads = torch.get_num_threads()
+    assert cli(["evaluate", str(run_dir / "export" / "student.onnx"), option, value]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"dfkd: error: {option} must be >= 1, got {value}; leave it out for " + (
+        "the whole test split\n" if option == "--limit" else "torch's default\n")
+    assert torch.get_num_threads() == threads
