@@ -8,18 +8,25 @@ from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from dfkd.data import ImageFolder, tensor_dataset
+from dfkd.data import GivenDataset, ImageFolder, tensor_dataset
+from dfkd.errors import DfkdError
 from dfkd.schema import DataConfig
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # images -> logits
 
 
-def evaluation_loader(data, normalize: bool = True) -> DataLoader:
+def evaluation_loader(data, normalize: bool = True, given: Optional[Dataset] = None) -> DataLoader:
     """The real test split of ``data.dataset`` as teacher inputs (its contract, ``data.*``); raw 0-1 pixels,
-    resized and cropped the same way, with ``normalize=False`` (what exported files take)."""
-    if data.dataset == "imagefolder":
+    resized and cropped the same way, with ``normalize=False`` (what exported files take). ``given``: the
+    Dataset of ``data.dataset=given``, passed to the Python API."""
+    if data.dataset == "given":
+        if given is None:
+            raise DfkdError("data.dataset=given is a torch Dataset passed to dfkd.distill(eval_data=...); on the "
+                            "command line choose another data.dataset (or data.root=FOLDER)")
+        ds = GivenDataset(given, data, normalize)
+    elif data.dataset == "imagefolder":
         ds = ImageFolder(data.root, data, normalize)
     else:
         ds = tensor_dataset(data, train=False, normalize=normalize)

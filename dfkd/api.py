@@ -110,6 +110,6 @@ def export(run_dir: Union[str, Path], formats: Sequence[str] = ("safetensors", "
 
 def compare(*args: str) -> Path:
     """``dfkd compare ARGS``: schemes or methods side by side; returns the results folder."""
-    from dfkd.compare import compare as compare_runs
+    from dfkd.comparison import compare as compare_runs
 
     return compare_runs(list(args))

@@ -8,6 +8,7 @@ temporary directory; only when all checks pass are the files moved into DIR.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -16,6 +17,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import timm
 import torch
 from omegaconf import OmegaConf
 from torch import nn
@@ -26,6 +28,7 @@ from dfkd.contract import resolve
 from dfkd.errors import DfkdError
 from dfkd.models.normalize import Normalize
 from dfkd.schema import Config
+from dfkd.teacher import model_from
 from dfkd.weights import create_model, load_weights, save_weights
 
 FILES = {"safetensors": "student.safetensors", "torchscript": "student.torchscript.pt", "onnx": "student.onnx"}
@@ -53,10 +56,6 @@ class RawImageModel(nn.Module):
 def load_timm(arch: Dict, file: Path) -> nn.Module:
     """The card's documented call. ``num_classes`` in the overlay too: else timm drops a classifier whose
     size differs from the architecture's default pretrained_cfg (e.g. 100 CIFAR-100 classes vs 10)."""
-    import timm
-
-    import dfkd.models  # noqa: F401  (registers dfkd's networks in timm)
-
     n, chans = arch["num_classes"], arch["input_size"][0]
     return timm.create_model(arch["architecture"], num_classes=n, in_chans=chans, pretrained=True,
                              pretrained_cfg_overlay=dict(file=str(file), num_classes=n)).eval()
@@ -76,16 +75,16 @@ def write(fmt: str, model: RawImageModel, example: torch.Tensor, path: Path) -> 
                               dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
 
 
-def reload(fmt: str, path: Path, arch: Dict) -> Predict:
+def reload(fmt: str, path: Path, arch: Dict, model: Optional[nn.Module] = None) -> Predict:
     """An exported file loaded back as a user would: through timm, torch.jit.load, or onnxruntime."""
     try:
-        return _reload(fmt, path, arch)
+        return _reload(fmt, path, arch, model)
     except Exception as err:  # truncated or corrupt file, or not this format
         raise DfkdError(f"cannot load '{path}' as {fmt} ({type(err).__name__}: "
                         f"{(str(err).splitlines() or [''])[0][:160]}); re-export it with dfkd export RUN_DIR") from err
 
 
-def _reload(fmt: str, path: Path, arch: Dict) -> Predict:
+def _reload(fmt: str, path: Path, arch: Dict, given: Optional[nn.Module] = None) -> Predict:
     if fmt == "onnx":
         import onnxruntime as ort
 
@@ -97,8 +96,12 @@ def _reload(fmt: str, path: Path, arch: Dict) -> Predict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             model = torch.jit.load(str(path), map_location="cpu").eval()
-    else:
+    elif arch["architecture"] and timm.is_model(arch["architecture"]):
         model = RawImageModel(load_timm(arch, path), arch["mean"], arch["std"]).eval()
+    else:  # a model of the user's code: its class, then the weights
+        bare = student_module(arch, copy.deepcopy(given) if given is not None else None)
+        load_weights(bare, str(path), what="student")
+        model = RawImageModel(bare.eval(), arch["mean"], arch["std"]).eval()
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -123,7 +126,9 @@ def read_run(run_dir: Path) -> Tuple[Config, Dict]:
             print(f"[dfkd] warning: {cfg_file} differs from the config the student was trained with "
                   f"({'; '.join(edits)}); using the trained one, {saved[-1]}")
         cfg = trained
-    resolve(cfg)  # runs written before the contract was recorded: derive it as they did
+    d = cfg.data
+    if None in (d.channels, d.image_size, d.num_classes, d.mean, d.std, d.interpolation, d.crop_pct):
+        resolve(cfg)  # runs written before the contract was recorded: derive it as they did
     summary = run_dir / "summary.json"
     return cfg, json.loads(summary.read_text()) if summary.is_file() else {}
 
@@ -145,9 +150,10 @@ def make_card(run_dir: Path, which: str = "best", weights: Optional[Path] = None
         raise DfkdError(f"run directory '{run_dir}' has no {weights.name} (the run did not reach an evaluation "
                         f"or did not finish); finish it with dfkd distill, or try --which {other}")
     d, n = cfg.data, cfg.data.num_classes
-    teacher = create_model(cfg.teacher.name, n, in_chans=d.channels, **cfg.teacher.kwargs)  # architectures only
-    student = create_model(cfg.student.name, n, in_chans=d.channels)
-    t_params, s_params = (sum(p.numel() for p in m.parameters()) for m in (teacher, student))
+    t_params, s_params = summary.get("teacher_params"), summary.get("student_params")
+    if t_params is None or s_params is None:  # runs written before summaries counted them: timm architectures
+        t_params, s_params = (sum(p.numel() for p in create_model(name, n, in_chans=d.channels, **kwargs).parameters())
+                              for name, kwargs in ((cfg.teacher.name, cfg.teacher.kwargs), (cfg.student.name, {})))
     resize = "" if d.crop_pct == 1 else f" after a resize of the short side to {int(d.image_size / d.crop_pct)} and "
     return {
         "architecture": cfg.student.name, "num_classes": n,
@@ -159,7 +165,8 @@ def make_card(run_dir: Path, which: str = "best", weights: Optional[Path] = None
                  + (f"{resize}a centre crop" if resize else "") + "; any batch size.",
         "timm_load": "import dfkd.models, timm; timm.create_model(\"%s\", num_classes=%d, in_chans=%d, "
                      "pretrained=True, pretrained_cfg_overlay=dict(file=\"student.safetensors\", num_classes=%d))"
-                     % (cfg.student.name, n, d.channels, n),
+                     % (cfg.student.name, n, d.channels, n) if timm.is_model(cfg.student.name) else None,
+        "student_kwargs": dict(cfg.student.kwargs),
         "teacher": {"name": cfg.teacher.name, "checkpoint": cfg.teacher.checkpoint, "kwargs": dict(cfg.teacher.kwargs),
                     "pretrained": cfg.teacher.pretrained, "test_acc": summary.get("teacher_acc"), "params": t_params},
         "student_final_acc": summary.get("student_final_acc"), "student_best_acc": summary.get("student_best_acc"),
@@ -189,8 +196,24 @@ def check_parity(fmt: str, expected: torch.Tensor, got: torch.Tensor) -> Dict:
             "top1_agreement": float((got.argmax(1) == expected.argmax(1)).float().mean())}
 
 
-def export(run_dir, formats: List[str], out=None, which: str = "best") -> Path:
-    """Write the student in ``formats`` plus student.json into ``out`` (default RUN_DIR/export), all or nothing."""
+def student_module(card: Dict, given: Optional[nn.Module] = None) -> nn.Module:
+    """The student's architecture from its card (weights aside); ``given``: the module, for a student that was a
+    module given to dfkd.distill."""
+    return model_from(card["architecture"], card["num_classes"], card["input_size"][0], card.get("student_kwargs", {}),
+                      "student", given)
+
+
+def parity_images(card: Dict) -> torch.Tensor:
+    """Real test images to check exported files on, or, when the run's data was a Dataset given to the Python API
+    (not reloadable here), uniform 0-1 images of the input shape from a fixed seed: logits must match all the same."""
+    if card["data"]["dataset"] == "given":
+        return torch.rand(PARITY_IMAGES, *card["input_size"], generator=torch.Generator().manual_seed(0))
+    return torch.cat([x for x, _ in real_batches(card, PARITY_IMAGES)])
+
+
+def export(run_dir, formats: List[str], out=None, which: str = "best", student: Optional[nn.Module] = None) -> Path:
+    """Write the student in ``formats`` plus student.json into ``out`` (default RUN_DIR/export), all or nothing.
+    ``student``: the architecture, when the run's student was a module given to dfkd.distill."""
     bad = [f for f in formats if f not in FILES] or ([] if formats else ["(none)"])
     if bad:
         raise DfkdError(f"cannot export format '{bad[0]}'; choose from {', '.join(FILES)} (comma-separated)")
@@ -198,10 +221,10 @@ def export(run_dir, formats: List[str], out=None, which: str = "best") -> Path:
     card = make_card(run_dir, which)
     out = Path(out).expanduser() if out else run_dir / "export"
     with partial_folder(out) as tmp:
-        student = create_model(card["architecture"], card["num_classes"], in_chans=card["input_size"][0])
-        load_weights(student, card["weights"], what="student")
-        reference = RawImageModel(student.eval(), card["mean"], card["std"]).eval()
-        images = torch.cat([x for x, _ in real_batches(card, PARITY_IMAGES)])
+        model = student_module(card, copy.deepcopy(student) if student is not None else None)
+        load_weights(model, card["weights"], what="student")
+        reference = RawImageModel(model.eval(), card["mean"], card["std"]).eval()
+        images = parity_images(card)
         with torch.no_grad():
             expected = reference(images)
         card["opset"], card["parity"], card["files"] = OPSET, {}, {}
@@ -209,7 +232,7 @@ def export(run_dir, formats: List[str], out=None, which: str = "best") -> Path:
             path = Path(tmp) / FILES[fmt]
             try:
                 write(fmt, reference, images[:2], path)
-                got = reload(fmt, path, card)(images)
+                got = reload(fmt, path, card, student)(images)
             except Exception as err:
                 raise DfkdError(f"cannot export {card['architecture']} to {fmt}: {type(err).__name__}: "
                                 f"{(str(err).splitlines() or [''])[0][:200]}") from err

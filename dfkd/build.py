@@ -15,10 +15,11 @@ from accelerate import Accelerator
 from accelerate.utils import get_mixed_precision_context_manager, set_seed
 from omegaconf import OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from dfkd.accuracy import evaluate, evaluation_loader, perplexity
+from dfkd.accuracy import evaluate, evaluation_loader
 from dfkd.checkpoint import prepare_run_dir, resume_candidates
+from dfkd.checks import check_models, check_teacher, warn_pool_evicts
 from dfkd.contract import Contract, resolve
 from dfkd.ema import ModelEMA
 from dfkd.errors import DfkdError
@@ -26,11 +27,10 @@ from dfkd.features import Taps, classifier_of, stages_for
 from dfkd.losses import ADVERSARIAL
 from dfkd.models import Generator
 from dfkd.pool import SamplePool, make_pool
-from dfkd.priors import PRIORS, Priors, batchnorm_layers, decide, prior_weights, reads_of
+from dfkd.priors import PRIORS, Priors, decide, prior_weights, reads_of
 from dfkd.schema import Config
-from dfkd.schemes import LatentCodes, Parts, cycle_updates, pool_intake, scheme_label
-from dfkd.teacher import build_teacher
-from dfkd.weights import create_model
+from dfkd.schemes import LatentCodes, Parts, pool_intake, scheme_label
+from dfkd.teacher import build_student, build_teacher, teacher_source
 
 
 @dataclass
@@ -92,38 +92,6 @@ def make_optimizers(cfg: Config, student: nn.Module, generator: nn.Module):
     return opt_s, opt_g
 
 
-def check_models(cfg: Config, teacher: nn.Module, student: nn.Module, generator: nn.Module,
-                 contract: Optional[Contract] = None) -> None:
-    """Teacher, student and generator must agree on classes and image shape before anything trains."""
-    source = (contract.sources if contract else {}).get("image_size")
-    origin = f", the size from {source}" if source else ""
-    z = torch.randn(2, cfg.generator.nz)
-    with torch.no_grad():
-        x = generator.eval()(z)
-        generator.train()
-        outputs = []
-        for role, name, model in (("teacher", cfg.teacher.name, teacher), ("student", cfg.student.name, student)):
-            try:
-                outputs.append(model.eval()(x))
-            except (RuntimeError, AssertionError) as err:  # timm asserts fixed input sizes
-                raise DfkdError(f"{role} {name} cannot take generated images of shape {tuple(x.shape[1:])} "
-                                f"(data.image_size={cfg.data.image_size}, data.channels={cfg.data.channels}"
-                                f"{origin}): {str(err).splitlines()[0][:120]}; set data.image_size/data.channels "
-                                f"to the teacher's input, or pick a {role} built for it") from err
-        t, s = outputs
-        student.train()
-    if t.shape[1] != s.shape[1] or t.shape[1] != cfg.data.num_classes:
-        raise DfkdError(f"class counts differ: teacher {cfg.teacher.name} has {t.shape[1]}, student "
-                        f"{cfg.student.name} {s.shape[1]}, data.num_classes={cfg.data.num_classes}")
-    adv = ADVERSARIAL[cfg.loss]
-    if adv.mode == "sample" and cfg.scheme != "two_stage":
-        mixing = [n for n, _ in batchnorm_layers(student)]
-        if mixing:
-            raise DfkdError(f"loss={cfg.loss} rescales the generator gradient per sample, which one-stage can do "
-                            f"exactly only if the student treats samples independently; {cfg.student.name} has "
-                            f"train-mode BatchNorm ({mixing[0]}): use loss=l1_log (per batch) or scheme=two_stage")
-
-
 def prepare_teacher(accelerator: Accelerator, teacher: nn.Module, compile: bool = False) -> nn.Module:
     """The frozen teacher on the accelerator's device, under the same autocast as the prepared student.
 
@@ -133,62 +101,6 @@ def prepare_teacher(accelerator: Accelerator, teacher: nn.Module, compile: bool 
     if accelerator.native_amp:
         teacher.forward = get_mixed_precision_context_manager(True, accelerator.autocast_handler)(teacher.forward)
     return torch.compile(teacher) if compile else teacher
-
-
-def check_teacher(cfg: Config, teacher_acc: float, contract: Contract, print_fn,
-                  confusion: Optional[torch.Tensor] = None) -> Optional[str]:
-    """No silent wrong numbers: a teacher near chance on real data means a wrong input pipeline, not a bad teacher
-    (an error). One that scores far from its card's accuracy, or, without one, far below a trained model
-    (``weak_signs``), is probably fed wrongly too (a warning). Returns the warning printed, if any: summary.json
-    keeps it. ``confusion``: the teacher's label x prediction counts on the same images."""
-    chance = 100.0 / cfg.data.num_classes
-    where = f"{cfg.data.dataset} {cfg.data.root if cfg.data.dataset == 'imagefolder' else 'test split'}"
-    card = (f"or correct its card {contract.card.name}" if contract.card
-            else "or give the teacher a card (docs/own-teacher.md)")
-    if teacher_acc < min(2 * chance, (100 + chance) / 2) and not cfg.teacher.allow_near_chance:
-        raise DfkdError(
-            f"teacher {cfg.teacher.name} scores {teacher_acc:.2f}% on {where}, near chance ({chance:.3g}%): its input "
-            f"pipeline is probably wrong. Check {pipeline_keys(cfg)}; {card}; "
-            f"teacher.allow_near_chance=true distils anyway")
-    warning = None
-    if contract.card_accuracy is not None:
-        if abs(contract.card_accuracy - teacher_acc) > 1.0:
-            warning = (f"teacher {cfg.teacher.name} scores {teacher_acc:.2f}% here, its card {contract.card.name} "
-                       f"says {contract.card_accuracy:.2f}%: if both are on the same images, the input pipeline "
-                       f"differs (data.mean/std, image_size, crop_pct, interpolation, channels, classes)")
-    else:
-        signs = weak_signs(teacher_acc, chance, confusion)
-        if signs:
-            warning = (f"teacher {cfg.teacher.name} scores {teacher_acc:.2f}% on {where}: {', and '.join(signs)}. "
-                       f"Its input pipeline is probably wrong: check {pipeline_keys(cfg)}; {card}. Distilling "
-                       f"anyway; ignore this if the teacher really is this weak")
-    if warning:
-        print_fn(f"[dfkd] warning: {warning}")
-    return warning
-
-
-def weak_signs(teacher_acc: float, chance: float, confusion: Optional[torch.Tensor]) -> List[str]:
-    """Why a teacher with no stated accuracy looks wrongly fed: it scores below the midpoint between chance and
-    100 % (a trained classifier's least), and/or its predictions collapse onto few classes (the perplexity of the
-    predicted-class histogram under half that of the true classes: a subset of classes is no collapse)."""
-    signs = []
-    midpoint = (100 + chance) / 2
-    if teacher_acc < midpoint:
-        signs.append(f"below {midpoint:.3g}% (midway between chance, {chance:.3g}%, and 100%)")
-    if confusion is not None:
-        predicted, labels = perplexity(confusion.sum(0)), perplexity(confusion.sum(1))
-        if predicted < labels / 2:
-            signs.append(f"its predictions collapse onto few classes (perplexity {predicted:.1f} of the predicted "
-                         f"classes, {labels:.1f} of the true ones)")
-    return signs
-
-
-def pipeline_keys(cfg: Config) -> str:
-    """The keys of the teacher's input pipeline, with their values: what to check when it scores too low."""
-    d = cfg.data
-    return (f"data.mean/data.std (now {list(map(float, d.mean))}/{list(map(float, d.std))}), resize/crop "
-            f"(data.image_size={d.image_size}, data.crop_pct={d.crop_pct}, data.interpolation={d.interpolation}), "
-            f"data.channels={d.channels}, and the class order (data.classes)")
 
 
 def decide_nulls(cfg: Config, teacher: nn.Module, print_fn) -> None:
@@ -234,21 +146,24 @@ def make_parts(cfg: Config, teacher: nn.Module, student: nn.Module, generator: n
         student_ema=ModelEMA(bare(accelerator, student), cfg.student.ema) if cfg.student.ema else None)
 
 
-def build(cfg: Config) -> Run:
+def build(cfg: Config, teacher: Optional[nn.Module] = None, student: Optional[nn.Module] = None,
+          eval_data: Optional[Dataset] = None) -> Run:
     """Everything a run needs, checked before anything trains or is written: accelerator, the resolved input
-    contract, teacher (evaluated), student, generator, optimizers, evaluation data, resume candidates."""
+    contract, teacher (evaluated), student, generator, optimizers, evaluation data, resume candidates.
+    ``teacher``, ``student``, ``eval_data``: modules and a Dataset given to the Python API (dfkd.distill)."""
     accelerator = make_accelerator(cfg)
-    contract = resolve(cfg)  # fills data.* / teacher.name left null: config.yaml records the resolved values
+    source, input_shape = teacher_source(cfg, teacher)  # not a timm architecture: a module, import path or file
+    contract = resolve(cfg, source, input_shape)  # fills data.* / teacher.name left null: config.yaml records them
     set_seed(cfg.seed)
     run_dir = run_dir_for(cfg)
     with accelerator.main_process_first():  # only one process trains a missing teacher
-        teacher = build_teacher(cfg)
+        teacher = build_teacher(cfg, source)
     decide_nulls(cfg, teacher, accelerator.print)
     candidates = resume_candidates(cfg, run_dir)  # refuses a run directory made with another config
-    student = create_model(cfg.student.name, cfg.data.num_classes, in_chans=cfg.data.channels)
+    student = build_student(cfg, student)
     generator = make_generator(cfg)
     check_models(cfg, teacher, student, generator, contract)
-    loader = evaluation_loader(cfg.data)
+    loader = evaluation_loader(cfg.data, given=eval_data)
     parts = make_parts(cfg, teacher, student, generator, accelerator)
     loader = accelerator.prepare(loader)
     if parts.pool is not None:
@@ -272,16 +187,6 @@ def make_generator(cfg: Config) -> Generator:
     pixels = cfg.generator.output == "pixels"
     return Generator(cfg.generator.nz, cfg.generator.ngf, cfg.data.image_size, cfg.data.channels,
                      cfg.data.mean if pixels else None, cfg.data.std if pixels else None)
-
-
-def warn_pool_evicts(cfg: Config, capacity: int, per_cycle: int, print_fn) -> None:
-    """Say so before training when the run will make more images than its pool keeps: past that point the
-    oldest leave, and on the default pair students then drift down (docs/students.md)."""
-    made = -(-cfg.student_updates // cycle_updates(cfg)) * per_cycle
-    if made > capacity:
-        print_fn(f"[dfkd] warning: this run makes about {made:,} images and its replay pool keeps {capacity:,}: "
-                 f"from about update {capacity // per_cycle * cycle_updates(cfg):,} on the oldest leave and the "
-                 f"student may drift (docs/students.md); pool.size={made} keeps them all")
 
 
 def bare(accelerator: Accelerator, model: nn.Module) -> nn.Module:

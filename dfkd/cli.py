@@ -1,6 +1,6 @@
-"""The ``dfkd`` command and its conventions: ``dfkd distill|compare|export|evaluate ...``, one module per subcommand.
+"""The ``dfkd`` command and its conventions: ``dfkd distill|compare|export|evaluate ...``.
 
-Every subcommand is a module whose ``main(argv) -> exit code`` runs it; a user mistake (``DfkdError``)
+Every subcommand is a function ``(argv) -> exit code`` (``COMMANDS``); a user mistake (``DfkdError``)
 ends any of them with one line ``dfkd: error: MESSAGE`` on stderr and exit code 2, anything unexpected with
 one line ``dfkd COMMAND: unexpected ...`` and exit code 1 (``one_line_errors``; ``DFKD_DEBUG=1``: the traceback).
 """
@@ -15,11 +15,11 @@ from typing import Any, Dict, List, Optional
 
 from dfkd.schema import schema_fields
 
-COMMANDS = {  # subcommand -> (module whose main(argv) runs it, what it does: one line of `dfkd --help`)
-    "distill": ("dfkd.distill", "distil a teacher into a student, without data"),
-    "compare": ("dfkd.compare", "schemes side by side: accuracy, time, plot"),
-    "export": ("dfkd.export", "a run's student as safetensors, TorchScript, ONNX"),
-    "evaluate": ("dfkd.evaluate", "teacher vs student: size, CPU latency, accuracy"),
+COMMANDS = {  # subcommand -> (module:function(argv) -> exit code that runs it, one line of `dfkd --help`)
+    "distill": ("dfkd.commands:distill_command", "distil a teacher into a student, without data"),
+    "compare": ("dfkd.comparison:main", "schemes side by side: accuracy, time, plot"),
+    "export": ("dfkd.commands:export_command", "a run's student as safetensors, TorchScript, ONNX"),
+    "evaluate": ("dfkd.evaluate:main", "teacher vs student: size, CPU latency, accuracy"),
 }
 
 
@@ -36,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in COMMANDS:  # the subcommand parses its own arguments
-        return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+        module, function = COMMANDS[argv[0]][0].split(":")
+        return getattr(importlib.import_module(module), function)(argv[1:])
     try:  # not a command: --help lists them (exit 0); nothing, or anything else, is a usage error (exit 2)
         parser().parse_args(argv[:1])
     except SystemExit as done:

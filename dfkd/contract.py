@@ -140,6 +140,11 @@ def from_module(cfg: Config, contract: Contract, model, input_shape) -> None:
     exported input shape, its first convolution's channels, its output's classes, and a plain resize."""
     d = cfg.data
     if input_shape is not None:
+        stated = (d.channels, d.image_size, d.image_size)
+        if any(a is not None and a != b for a, b in zip(stated, input_shape)):
+            where = ", ".join(f"data.{k} from {contract.sources.get(k, 'the keys')}" for k in ("channels", "image_size"))
+            raise DfkdError(f"teacher.checkpoint '{cfg.teacher.checkpoint}' was exported for inputs of shape "
+                            f"{tuple(input_shape)}, and the contract says {stated} ({where}): make them agree")
         take(cfg, contract, "channels", input_shape[0], "the exported program's input")
         if input_shape[1] == input_shape[2]:
             take(cfg, contract, "image_size", input_shape[1], "the exported program's input")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Callable, Optional
 
 
@@ -12,12 +11,12 @@ class DfkdError(Exception):
     """A user mistake (bad recipe, key, value, file): reported as one line and a non-zero exit."""
 
 
-def one_line_errors(run: Callable[[], object], prog: str = "dfkd") -> int:
+def one_line_errors(run: Callable[[], object], command: Optional[str] = None, prog: str = "dfkd") -> int:
     """``run()`` and exit code 0, or exit code 2 after printing a user mistake (``DfkdError``) as one line
     ``PROG: error: MESSAGE`` on stderr: every subcommand ends this way, never with a traceback.
 
     Any other exception is unexpected (a bug, or the machine's trouble such as a full disk): one line
-    ``PROG COMMAND: unexpected TYPE: MESSAGE`` (the command whose module defines ``run``) and exit code 1;
+    ``PROG COMMAND: unexpected TYPE: MESSAGE`` and exit code 1;
     ``DFKD_DEBUG=1`` in the environment lets it through, traceback and all. KeyboardInterrupt goes through."""
     try:
         run()
@@ -27,17 +26,8 @@ def one_line_errors(run: Callable[[], object], prog: str = "dfkd") -> int:
     except Exception as err:
         if os.environ.get("DFKD_DEBUG", "") not in ("", "0"):
             raise
-        command = command_of(run)
         first = (str(err).splitlines() or [""])[0][:300]
         print(f"{prog}{' ' + command if command else ''}: unexpected {type(err).__name__}"
               f"{': ' + first if first else ''} (rerun with DFKD_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
     return 0
-
-
-def command_of(run: Callable) -> Optional[str]:
-    """The subcommand whose module defines ``run`` (dfkd/distill.py run as a script too), or None."""
-    module = getattr(run, "__module__", None) or ""
-    if module == "__main__":
-        module = f"dfkd.{Path(sys.argv[0]).stem}"
-    return module.split(".", 1)[1] if module.startswith("dfkd.") and module.count(".") == 1 else None

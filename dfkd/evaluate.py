@@ -20,7 +20,7 @@ from dfkd.accuracy import Predict, accuracy, real_batches
 from dfkd.artifacts import FILES, SUFFIXES, RawImageModel, load_card, make_card, reload, write
 from dfkd.errors import DfkdError, one_line_errors
 from dfkd.machine import machine_description
-from dfkd.weights import create_model, load_weights
+from dfkd.teacher import load_teacher
 
 
 def latency_ms(predicts: Dict[str, Predict], example: torch.Tensor, seconds: float) -> Dict[str, float]:
@@ -61,16 +61,14 @@ def evaluate_artifact(artifact, limit: Optional[int] = None, which: str = "best"
     is run in the student's format (exported to a temporary file), so both go through the same runtime."""
     card, fmt, path = resolve_artifact(Path(artifact).expanduser(), which)
     t = card["teacher"]
-    teacher = create_model(t["name"], card["num_classes"], pretrained=t["pretrained"], in_chans=card["input_size"][0],
-                           **t.get("kwargs", {}))
-    if t["checkpoint"]:
-        load_weights(teacher, t["checkpoint"])
+    teacher = load_teacher(t, card["num_classes"], card["input_size"][0])
     example = torch.cat([x for x, _ in real_batches(card, 64)])
     with tempfile.TemporaryDirectory(prefix="dfkd-evaluate-") as tmp:
         t_path = Path(tmp) / ("teacher" + Path(FILES[fmt]).suffix)
         write(fmt, RawImageModel(teacher.eval(), card["mean"], card["std"]).eval(), example[:2], t_path)
-        rows = {"teacher": {"arch": t["name"], "params": t["params"], "mb": t_path.stat().st_size / 1e6,
-                            "predict": reload(fmt, t_path, {**card, "architecture": t["name"]})},
+        rows = {"teacher": {"arch": t["name"] or Path(t["checkpoint"]).name, "params": t["params"],
+                            "mb": t_path.stat().st_size / 1e6,
+                            "predict": reload(fmt, t_path, {**card, "architecture": t["name"]}, teacher)},
                 "student": {"arch": card["architecture"], "params": card["params"], "mb": path.stat().st_size / 1e6,
                             "predict": reload(fmt, path, card)}}
         for row in rows.values():
@@ -114,7 +112,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--threads", type=int, help="torch/onnxruntime threads (default: torch's default)")
     parser.add_argument("--out", help="also write the markdown table to this file")
     args = parser.parse_args(argv)
-    return one_line_errors(lambda: run(args))
+    return one_line_errors(lambda: run(args), "evaluate")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -47,7 +47,9 @@ def build_teacher(cfg, model: Optional[nn.Module] = None) -> nn.Module:
     is cached."""
     t = cfg.teacher
     if model is not None:
-        return model.eval().requires_grad_(False)
+        for p in model.parameters():  # not requires_grad_: a TorchScript module has no such method
+            p.requires_grad_(False)
+        return model.eval()
     if t.checkpoint and not Path(t.checkpoint).expanduser().exists() and t.train_if_missing:
         print(f"[dfkd] no trained teacher at {t.checkpoint}: training {t.name} on {cfg.data.dataset} first "
               f"(same as: python teachers/train.py model={t.name} dataset={cfg.data.dataset} "
@@ -64,18 +66,37 @@ def build_teacher(cfg, model: Optional[nn.Module] = None) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
+def model_from(name: str, num_classes: int, channels: int, kwargs, role: str, given: Optional[nn.Module] = None,
+               pretrained: bool = False) -> nn.Module:
+    """A teacher's or a student's architecture, weights aside: the module given to the Python API, a model of the
+    user's code (``pkg.module:callable``, called with ``kwargs``), or a timm architecture with these classes and
+    channels."""
+    if given is not None:
+        return given
+    if is_import_path(name):
+        return from_import_path(name, dict(kwargs), role)
+    if is_given(name):
+        raise DfkdError(f"{role}.name={name} was a module given to dfkd.distill: pass that module again "
+                        f"(dfkd.export(run_dir, {role}=model))")
+    return create_model(name, num_classes, pretrained=pretrained, in_chans=channels, **kwargs)
+
+
 def build_student(cfg, given: Optional[nn.Module] = None) -> nn.Module:
     """The student: the module given to the Python API, a model of the user's code (``student.name=pkg.module:
     callable`` with ``student.kwargs``), or a timm architecture built with the teacher's channels and classes."""
     s = cfg.student
-    if given is not None:
-        return given
-    if is_import_path(s.name):
-        return from_import_path(s.name, dict(s.kwargs), "student")
-    if is_given(s.name):
-        raise DfkdError(f"student.name={s.name} was a module given to dfkd.distill: pass the module again "
-                        f"(dfkd.distill(student=model), dfkd.export(run_dir, student=model))")
-    return create_model(s.name, cfg.data.num_classes, in_chans=cfg.data.channels, **s.kwargs)
+    return model_from(s.name, cfg.data.num_classes, cfg.data.channels, s.kwargs, "student", given)
+
+
+def load_teacher(teacher: Dict, num_classes: int, channels: int) -> nn.Module:
+    """The teacher an exported card names (its ``teacher`` block), with its weights: for ``dfkd evaluate``."""
+    if not teacher.get("name") and is_program_file(teacher.get("checkpoint")):
+        return load_program(Path(teacher["checkpoint"]).expanduser())[0].eval()
+    model = model_from(teacher["name"], num_classes, channels, teacher.get("kwargs", {}), "teacher",
+                       pretrained=teacher.get("pretrained", False))
+    if teacher.get("checkpoint"):
+        load_weights(model, teacher["checkpoint"])
+    return model.eval()
 
 
 def _augment(x: torch.Tensor, flip: bool, pad: int, gen: torch.Generator) -> torch.Tensor:

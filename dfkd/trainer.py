@@ -20,6 +20,7 @@ from tqdm import tqdm
 from dfkd.accuracy import evaluate
 from dfkd.build import Run, bare, build, open_run_dir
 from dfkd.checkpoint import restore, save_checkpoint, trim_metrics
+from dfkd.contract import teacher_label
 from dfkd.errors import DfkdError
 from dfkd.schema import Config
 from dfkd.schemes import SCHEMES
@@ -140,6 +141,10 @@ def pool_metrics(pool) -> Dict:
     return {"pool_images": pool.count, "pool_mb": round(pool.nbytes / 1e6, 1)}
 
 
+def parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def kept_student(run: Run) -> nn.Module:
     """The student that is evaluated, saved and exported: the weight average when student.ema > 0."""
     ema = run.parts.student_ema
@@ -196,7 +201,8 @@ def finish(run: Run, state: RunState, log: MetricsLog) -> Dict:
     cfg, accelerator, run_dir = run.cfg, run.accelerator, run.run_dir
     summary = {
         "recipe": cfg.recipe, "method": cfg.method, "scheme": cfg.scheme, "k": cfg.k, "loss": cfg.loss, "seed": cfg.seed,
-        "teacher": cfg.teacher.name, "student": cfg.student.name, "student_ema": cfg.student.ema,
+        "teacher": teacher_label(cfg.teacher), "student": cfg.student.name, "student_ema": cfg.student.ema,
+        "teacher_params": parameters(run.parts.teacher), "student_params": parameters(run.parts.student),
         "teacher_acc": run.teacher_acc,
         "teacher_card_acc": run.contract.card_accuracy, "teacher_warning": run.teacher_warning,
         "student_final_acc": state.final_acc, "student_best_acc": state.best_acc, "best_at_update": state.best_update,
@@ -224,15 +230,19 @@ def finish(run: Run, state: RunState, log: MetricsLog) -> Dict:
 
 def distill(cfg: Config) -> Dict:
     """Run one distillation as configured; returns the summary (also written to summary.json)."""
-    run = build(cfg)  # every check passes before the run directory is written
-    accelerator, run_dir = run.accelerator, run.run_dir
+    return train(build(cfg))  # every check passes before the run directory is written
+
+
+def train(run: Run) -> Dict:
+    """Train the parts ``build`` made: from scratch, or on from the run's newest checkpoint; returns the summary."""
+    cfg, accelerator, run_dir = run.cfg, run.accelerator, run.run_dir
     open_run_dir(run)
     if cfg.logger == "wandb":
         accelerator.init_trackers(cfg.wandb_project, config=OmegaConf.to_container(OmegaConf.structured(cfg)),
                                   init_kwargs={"wandb": {"name": run_dir.name, "dir": str(run_dir)}})
     card_acc = run.contract.card_accuracy
     own = f" (its card: {card_acc:.2f}%)" if card_acc is not None else ""
-    accelerator.print(f"[dfkd] {cfg.recipe}: teacher {cfg.teacher.name} {run.teacher_acc:.2f}%{own} | student "
+    accelerator.print(f"[dfkd] {cfg.recipe}: teacher {teacher_label(cfg.teacher)} {run.teacher_acc:.2f}%{own} | student "
                       f"{cfg.student.name} | scheme {cfg.scheme} k={cfg.k} loss={cfg.loss} | {cfg.student_updates} "
                       f"student updates, batch {cfg.batch_size}, {accelerator.num_processes} process(es) "
                       f"on {accelerator.device}")

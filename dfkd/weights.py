@@ -75,7 +75,7 @@ def _read(file: str, _size: int, _mtime: int, shown: str) -> Dict[str, torch.Ten
             state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
         raise DfkdError(f"checkpoint '{shown}' cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
-                        "is it truncated, or not a weights file?") from err
+                        "is it truncated, or neither a weights file nor a torch.export / TorchScript program?") from err
     while isinstance(state, dict) and not any(torch.is_tensor(v) for v in state.values()):
         inner = next((state[k] for k in CONTAINER_KEYS if isinstance(state.get(k), dict)), None)
         if inner is None:

@@ -32,7 +32,7 @@ LAUNCHED = '''
 import sys
 from accelerate import Accelerator
 from safetensors.torch import save_file
-from dfkd.distill import main
+from dfkd.commands import distill_command as main
 
 end_training = Accelerator.end_training
 

@@ -112,10 +112,10 @@ def test_a_torchvision_model_is_a_teacher(tmp_path, capsys):
     model = torchvision.models.resnet18(num_classes=10)
     model.conv1 = nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
     result = dfkd.distill(model, "lenet5_half", input_size=(1, 32, 32), mean=(0.5,), std=(0.5,),
-                          overrides=["data.dataset=digits", "teacher.allow_near_chance=true", "student_updates=4",
+                          overrides=["data.dataset=digits", "teacher.allow_near_chance=true", "student_updates=5",
                                      "batch_size=8", "eval_every=4", "checkpoint_every=0", "pool.size=0",
                                      "generator.ngf=4", f"out_dir={tmp_path}"])
-    assert result.summary["student_updates"] == 4 and result.summary["teacher"] == "<module ResNet>"
+    assert result.summary["student_updates"] == 5 and result.summary["teacher"] == "<module ResNet>"
     assert "priors.bn=null: 1 (on: it has 20 BatchNorm layers" in capsys.readouterr().out
 
 
@@ -170,7 +170,7 @@ class Net(nn.Module):
 
 torch.manual_seed(0)
 result = dfkd.distill(Net(), "lenet5_half", input_size=(1, 32, 32), mean=(0.5,), std=(0.5,),
-                      overrides=["data.dataset=digits", "teacher.allow_near_chance=true", "student_updates=4",
+                      overrides=["data.dataset=digits", "teacher.allow_near_chance=true", "student_updates=5",
                                  "batch_size=8", "eval_every=4", "checkpoint_every=0", "pool.size=0", "generator.ngf=4",
                                  "run_name=api", "out_dir=" + sys.argv[1]])
 print("processes", result.summary["processes"])
@@ -187,3 +187,111 @@ def test_the_api_runs_under_accelerate_launch_with_two_processes(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "api" / "summary.json").read_text())["processes"] == 2
+
+
+def test_a_card_naming_its_architecture_wins_over_the_recipes_teacher(tmp_path, capsys):
+    """A checkpoint named without teacher.name: its card's architecture and model_args, not the default recipe's
+    lenet5 (a 1-channel test_resnet here, whose weights would not fit lenet5)."""
+    from dfkd.weights import create_model, save_weights
+
+    save_weights(create_model("test_resnet", 10, in_chans=1), tmp_path / "net.safetensors")
+    (tmp_path / "net.json").write_text(json.dumps({"architecture": "test_resnet", "input_size": [1, 32, 32],
+                                                   "mean": [0.5], "std": [0.5]}))
+    argv = ["distill", f"teacher.checkpoint={tmp_path / 'net.safetensors'}", "data.dataset=digits",
+            "teacher.allow_near_chance=true", "student_updates=5", "batch_size=8", "eval_every=5",
+            "checkpoint_every=0", "pool.size=0", "generator.ngf=4", "run_name=r", f"out_dir={tmp_path}"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["teacher"] == "test_resnet"
+
+
+class Flat16(nn.Module):
+    """Takes 16x16 images only."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(SIZE * SIZE, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+class Labels(Dataset):
+    def __init__(self, image: torch.Tensor, label: int):
+        self.image, self.label = image, label
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, i: int):
+        return self.image, self.label
+
+
+API_BAD = {
+    "a teacher that fails on the contract's input shape": (
+        dict(teacher=Flat16(), input_size=(1, 32, 32)), "the teacher fails on inputs of shape (2, 1, 32, 32)"),
+    "a teacher that is not a module": (dict(teacher=42), "teacher is a int: pass a torch.nn.Module"),
+    "a student that is not a module": (dict(student=3.5), "student is a float: pass a torch.nn.Module"),
+    "a student with other classes": (dict(student=DigitsNet(width=2, classes=7)), "class counts differ"),
+    "eval_data of the wrong shape": (dict(eval_data=Labels(torch.rand(1, 8, 8), 0)),
+                                     "eval_data[0] holds a torch.float32 tensor of shape (1, 8, 8)"),
+    "eval_data with a label outside the classes": (dict(eval_data=Labels(torch.rand(1, SIZE, SIZE), 10)),
+                                                   "eval_data[0] has label 10, outside the teacher's 10 classes"),
+    "eval_data that is neither a Dataset nor a folder": (dict(eval_data=[1, 2]), "eval_data is a list"),
+    "an override that is not a key": (dict(overrides=["student.lrr=0.1"]), "unknown key 'student.lrr'"),
+}
+
+
+@pytest.mark.parametrize("case", list(API_BAD))
+def test_bad_input_to_the_api_is_one_dfkd_error_and_writes_nothing(case, tmp_path):
+    given, fragment = API_BAD[case]
+    args = dict(teacher=DigitsNet(), student=DigitsNet(width=2), input_size=(1, SIZE, SIZE), mean=(MEAN,), std=(STD,),
+                eval_data=DigitsTest())
+    args.update(given)
+    overrides = [*TINY, "teacher.allow_near_chance=true", f"out_dir={tmp_path}", *given.get("overrides", [])]
+    with pytest.raises(dfkd.DfkdError) as err:
+        dfkd.distill(**{**args, "overrides": overrides})
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def write_junk(folder: Path) -> Path:
+    (folder / "junk.bin").write_bytes(b"not a model" * 10)
+    return folder / "junk.bin"
+
+
+def write_module(folder: Path) -> Path:
+    (folder / "usermodels.py").write_text("VALUE = 3\ndef not_a_model():\n    return 'a string'\n")
+    return folder
+
+
+CLI_BAD = {
+    "an import path that does not import": (["teacher.name=no_such_package.models:Net"],
+                                            "cannot import no_such_package.models"),
+    "an import path that returns no module": (["teacher.name=usermodels:not_a_model"],
+                                              "not_a_model(...) returned a str, not a torch.nn.Module"),
+    "an import path to a value": (["teacher.name=usermodels:VALUE"], "VALUE is a int, not a class or a function"),
+    "a file that is neither weights nor a program": (["teacher.checkpoint={junk}"],
+                                                     "neither a weights file nor a torch.export / TorchScript program"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_BAD))
+def test_bad_teacher_sources_on_the_command_line_are_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(write_module(tmp_path)))
+    args, fragment = CLI_BAD[case]
+    argv = ["distill", *[a.format(junk=write_junk(tmp_path)) for a in args], "data.dataset=digits",
+            f"data.image_size={SIZE}", f"data.mean=[{MEAN}]", f"data.std=[{STD}]", f"out_dir={tmp_path}/runs", *TINY]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dfkd: error: ") and fragment in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_program_exported_for_another_shape_than_its_card_is_refused(teacher, tmp_path, capsys):
+    file = export_files(teacher, tmp_path)["pt2"]
+    (tmp_path / "teacher.json").write_text(json.dumps({"input_size": [1, 32, 32], "mean": [MEAN], "std": [STD]}))
+    assert main(["distill", f"teacher.checkpoint={file}", "data.dataset=digits", f"out_dir={tmp_path}/runs",
+                 *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "was exported for inputs of shape (1, 16, 16), and the contract says (1, 32, 32)" in err
+    assert not (tmp_path / "runs").exists()

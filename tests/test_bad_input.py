@@ -17,7 +17,7 @@ import torch
 from conftest import TEACHER
 from safetensors.torch import save_file
 
-from dfkd.distill import main
+from dfkd.commands import distill_command as main
 from dfkd.weights import create_model
 
 REPO = Path(__file__).resolve().parents[1]

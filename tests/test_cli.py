@@ -108,12 +108,12 @@ def test_the_error_wrapper_turns_a_user_mistake_into_one_line_and_exit_2(capsys)
 
 
 def test_anything_unexpected_is_one_line_with_the_command_and_exit_1(tmp_path, capsys, monkeypatch):
-    import dfkd.export
+    import dfkd.commands
 
     def bug(*args, **kwargs):
         raise RuntimeError("shapes do not match\nsecond line of the message")
 
-    monkeypatch.setattr(dfkd.export, "export", bug)
+    monkeypatch.setattr(dfkd.commands, "export", bug)
     monkeypatch.delenv("DFKD_DEBUG", raising=False)
     assert main(["export", str(tmp_path)]) == 1
     out, err = capsys.readouterr()
@@ -125,12 +125,12 @@ def test_anything_unexpected_is_one_line_with_the_command_and_exit_1(tmp_path, c
 
 
 def test_an_interrupt_is_never_swallowed(monkeypatch):
-    import dfkd.export
+    import dfkd.commands
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dfkd.export, "export", interrupted)
+    monkeypatch.setattr(dfkd.commands, "export", interrupted)
     monkeypatch.delenv("DFKD_DEBUG", raising=False)
     with pytest.raises(KeyboardInterrupt):
         main(["export", "runs/x"])

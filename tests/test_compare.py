@@ -20,7 +20,7 @@ from conftest import PLAIN
 from omegaconf import OmegaConf
 
 from dfkd.build import run_dir_for
-from dfkd.compare import (
+from dfkd.comparison import (
     NAME_MAX,
     budget_overrides,
     compare,

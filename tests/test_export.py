@@ -26,7 +26,7 @@ SUBSET = 2000
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A short real run (4 student updates) that exports itself at the end (export=true)."""
-    from dfkd.distill import main as distill
+    from dfkd.commands import distill_command as distill
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two shared cores: one thread is faster and steadier for these tiny nets

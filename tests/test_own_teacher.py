@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dfkd.artifacts import FILES, reload
-from dfkd.distill import main as distill
+from dfkd.commands import distill_command as distill
 from dfkd.errors import DfkdError
 
 ROOT = Path(__file__).resolve().parents[1]

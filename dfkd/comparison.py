@@ -249,7 +249,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    return one_line_errors(lambda: compare(argv))
+    return one_line_errors(lambda: compare(argv), "compare")
 
 
 if __name__ == "__main__":

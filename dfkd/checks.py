@@ -1,0 +1,118 @@
+"""The checks before anything trains: teacher, student and generator agree; the teacher reads its input right;
+the replay pool keeps what the run makes. Each failure is one line naming the keys that fix it."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from dfkd.accuracy import perplexity
+from dfkd.contract import Contract, teacher_label
+from dfkd.errors import DfkdError
+from dfkd.losses import ADVERSARIAL
+from dfkd.priors import batchnorm_layers
+from dfkd.schema import Config
+from dfkd.schemes import cycle_updates
+
+
+def check_models(cfg: Config, teacher: nn.Module, student: nn.Module, generator: nn.Module,
+                 contract: Optional[Contract] = None) -> None:
+    """Teacher, student and generator must agree on classes and image shape before anything trains."""
+    source = (contract.sources if contract else {}).get("image_size")
+    origin = f", the size from {source}" if source else ""
+    z = torch.randn(2, cfg.generator.nz)
+    with torch.no_grad():
+        x = generator.eval()(z)
+        generator.train()
+        outputs = []
+        for role, name, model in (("teacher", teacher_label(cfg.teacher), teacher),
+                                  ("student", cfg.student.name, student)):
+            try:
+                outputs.append(model.eval()(x))
+            except (RuntimeError, AssertionError) as err:  # timm asserts fixed input sizes
+                raise DfkdError(f"{role} {name} cannot take generated images of shape {tuple(x.shape[1:])} "
+                                f"(data.image_size={cfg.data.image_size}, data.channels={cfg.data.channels}"
+                                f"{origin}): {str(err).splitlines()[0][:120]}; set data.image_size/data.channels "
+                                f"to the teacher's input, or pick a {role} built for it") from err
+        t, s = outputs
+        student.train()
+    if t.shape[1] != s.shape[1] or t.shape[1] != cfg.data.num_classes:
+        raise DfkdError(f"class counts differ: teacher {teacher_label(cfg.teacher)} has {t.shape[1]}, student "
+                        f"{cfg.student.name} {s.shape[1]}, data.num_classes={cfg.data.num_classes}")
+    adv = ADVERSARIAL[cfg.loss]
+    if adv.mode == "sample" and cfg.scheme != "two_stage":
+        mixing = [n for n, _ in batchnorm_layers(student)]
+        if mixing:
+            raise DfkdError(f"loss={cfg.loss} rescales the generator gradient per sample, which one-stage can do "
+                            f"exactly only if the student treats samples independently; {cfg.student.name} has "
+                            f"train-mode BatchNorm ({mixing[0]}): use loss=l1_log (per batch) or scheme=two_stage")
+
+
+def check_teacher(cfg: Config, teacher_acc: float, contract: Contract, print_fn,
+                  confusion: Optional[torch.Tensor] = None) -> Optional[str]:
+    """No silent wrong numbers: a teacher near chance on real data means a wrong input pipeline, not a bad teacher
+    (an error). One that scores far from its card's accuracy, or, without one, far below a trained model
+    (``weak_signs``), is probably fed wrongly too (a warning). Returns the warning printed, if any: summary.json
+    keeps it. ``confusion``: the teacher's label x prediction counts on the same images."""
+    chance = 100.0 / cfg.data.num_classes
+    where = f"{cfg.data.dataset} {cfg.data.root if cfg.data.dataset == 'imagefolder' else 'test split'}"
+    card = (f"or correct its card {contract.card.name}" if contract.card
+            else "or give the teacher a card (docs/own-teacher.md)")
+    if teacher_acc < min(2 * chance, (100 + chance) / 2) and not cfg.teacher.allow_near_chance:
+        raise DfkdError(
+            f"teacher {teacher_label(cfg.teacher)} scores {teacher_acc:.2f}% on {where}, near chance ({chance:.3g}%): "
+            f"its input "
+            f"pipeline is probably wrong. Check {pipeline_keys(cfg)}; {card}; "
+            f"teacher.allow_near_chance=true distils anyway")
+    warning = None
+    if contract.card_accuracy is not None:
+        if abs(contract.card_accuracy - teacher_acc) > 1.0:
+            warning = (f"teacher {teacher_label(cfg.teacher)} scores {teacher_acc:.2f}% here, its card "
+                       f"{contract.card.name} "
+                       f"says {contract.card_accuracy:.2f}%: if both are on the same images, the input pipeline "
+                       f"differs (data.mean/std, image_size, crop_pct, interpolation, channels, classes)")
+    else:
+        signs = weak_signs(teacher_acc, chance, confusion)
+        if signs:
+            warning = (f"teacher {teacher_label(cfg.teacher)} scores {teacher_acc:.2f}% on {where}: "
+                       f"{', and '.join(signs)}. "
+                       f"Its input pipeline is probably wrong: check {pipeline_keys(cfg)}; {card}. Distilling "
+                       f"anyway; ignore this if the teacher really is this weak")
+    if warning:
+        print_fn(f"[dfkd] warning: {warning}")
+    return warning
+
+
+def weak_signs(teacher_acc: float, chance: float, confusion: Optional[torch.Tensor]) -> List[str]:
+    """Why a teacher with no stated accuracy looks wrongly fed: it scores below the midpoint between chance and
+    100 % (a trained classifier's least), and/or its predictions collapse onto few classes (the perplexity of the
+    predicted-class histogram under half that of the true classes: a subset of classes is no collapse)."""
+    signs = []
+    midpoint = (100 + chance) / 2
+    if teacher_acc < midpoint:
+        signs.append(f"below {midpoint:.3g}% (midway between chance, {chance:.3g}%, and 100%)")
+    if confusion is not None:
+        predicted, labels = perplexity(confusion.sum(0)), perplexity(confusion.sum(1))
+        if predicted < labels / 2:
+            signs.append(f"its predictions collapse onto few classes (perplexity {predicted:.1f} of the predicted "
+                         f"classes, {labels:.1f} of the true ones)")
+    return signs
+
+
+def pipeline_keys(cfg: Config) -> str:
+    """The keys of the teacher's input pipeline, with their values: what to check when it scores too low."""
+    d = cfg.data
+    return (f"data.mean/data.std (now {list(map(float, d.mean))}/{list(map(float, d.std))}), resize/crop "
+            f"(data.image_size={d.image_size}, data.crop_pct={d.crop_pct}, data.interpolation={d.interpolation}), "
+            f"data.channels={d.channels}, and the class order (data.classes)")
+
+
+def warn_pool_evicts(cfg: Config, capacity: int, per_cycle: int, print_fn) -> None:
+    """Say so before training when the run will make more images than its pool keeps: past that point the
+    oldest leave, and on the default pair students then drift down (docs/students.md)."""
+    made = -(-cfg.student_updates // cycle_updates(cfg)) * per_cycle
+    if made > capacity:
+        print_fn(f"[dfkd] warning: this run makes about {made:,} images and its replay pool keeps {capacity:,}: "
+                 f"from about update {capacity // per_cycle * cycle_updates(cfg):,} on the oldest leave and the "
+                 f"student may drift (docs/students.md); pool.size={made} keeps them all")
