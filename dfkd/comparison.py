@@ -36,11 +36,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dfkd.config import load_config
+from dfkd.config import load_config, one_line, parse_overrides
 from dfkd.errors import DfkdError, one_line_errors
 from dfkd.machine import machine_description, pick_threads
 from dfkd.methods import method_keys
@@ -140,15 +139,9 @@ def parse_args(argv: List[str]) -> Tuple[CompareConfig, List[str]]:
             raise DfkdError(f"'{key}' is set by compare for each run; choose schemes=[...] and out=DIR instead")
         (own if key in [f.name for f in fields(CompareConfig)] else recipe).append(arg)
     try:
-        cfg: CompareConfig = OmegaConf.to_object(OmegaConf.merge(CompareConfig, OmegaConf.from_dotlist(own)))
+        cfg: CompareConfig = OmegaConf.to_object(OmegaConf.merge(CompareConfig, parse_overrides(own)))
     except OmegaConfBaseException as err:
-        raise DfkdError(f"bad compare argument '{getattr(err, 'full_key', '')}': {str(err).splitlines()[0]} "
-                        "(e.g. schemes=[two_stage_k5,one_stage] seeds=3)") from err
-    except yaml.YAMLError as err:  # values are read as YAML: "schemes=[hybrid_k5" leaves its bracket open
-        bad = next((a for a in own if a.count("[") != a.count("]")), " ".join(own))
-        raise DfkdError(f"argument '{bad}' does not parse: brackets and quotes must balance (YAML: "
-                        f"{getattr(err, 'problem', None) or type(err).__name__}); quote the whole argument in the "
-                        "shell, e.g. \"schemes=[two_stage_k5,one_stage]\"") from err
+        raise DfkdError(one_line(err, "the command line", CompareConfig, "dfkd compare --help")) from err
     if cfg.seeds < 1 or cfg.warmup < 0:
         raise DfkdError(f"need seeds >= 1 and warmup >= 0, got seeds={cfg.seeds} warmup={cfg.warmup}")
     if not cfg.schemes:

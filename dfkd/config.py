@@ -40,16 +40,7 @@ def load_config(argv: List[str]) -> Config:
         recipe_cfg = OmegaConf.load(path)
     except (OmegaConfBaseException, yaml.YAMLError) as err:
         raise DfkdError(f"cannot parse recipe {path}: {err}".splitlines()[0]) from err
-    cli_cfg = OmegaConf.create()
-    for name, value in overrides.items():  # one at a time (as from_dotlist does): an error names its argument
-        try:
-            cli_cfg.merge_with_dotlist([f"{name}={value}"])
-        except yaml.YAMLError as err:  # the value is read as YAML: "[0.1" leaves its bracket open
-            raise DfkdError(f"argument '{name}={value}' does not parse: brackets and quotes must balance "
-                            f"(YAML: {getattr(err, 'problem', None) or type(err).__name__}); quote the whole argument in "
-                            f"the shell, e.g. \"data.mean=[0.5, 0.5, 0.5]\"") from err
-        except OmegaConfBaseException as err:
-            raise DfkdError(f"cannot parse argument '{name}={value}': {err}".splitlines()[0]) from err
+    cli_cfg = parse_overrides([f"{name}={value}" for name, value in overrides.items()])
     # A method preset goes under the layer that names it: a recipe naming its method may adjust the method's
     # keys; a method named on the command line overrides the recipe's (command-line keys still win).
     layers = []
@@ -80,6 +71,22 @@ def load_config(argv: List[str]) -> Config:
         own_teacher(cfg)
     validate(cfg)
     return cfg
+
+
+def parse_overrides(args: List[str]):
+    """``key=value`` arguments as one OmegaConf tree, parsed one at a time (as ``from_dotlist`` does) so that an
+    error names its argument; values are read as YAML."""
+    tree = OmegaConf.create()
+    for arg in args:
+        try:
+            tree.merge_with_dotlist([arg])
+        except yaml.YAMLError as err:  # "[0.1" leaves its bracket open
+            raise DfkdError(f"argument '{arg}' does not parse: brackets and quotes must balance "
+                            f"(YAML: {getattr(err, 'problem', None) or type(err).__name__}); quote the whole argument in "
+                            f"the shell, e.g. \"data.mean=[0.5, 0.5, 0.5]\"") from err
+        except OmegaConfBaseException as err:
+            raise DfkdError(f"cannot parse argument '{arg}': {err}".splitlines()[0]) from err
+    return tree
 
 
 def own_teacher(cfg: Config) -> None:

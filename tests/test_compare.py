@@ -358,7 +358,9 @@ def test_bad_budget_is_a_clear_error(budget, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["schemes=[one_stage,one_stage]"], "without repeats"),
-    (["schemes=one_stage"], "bad compare argument 'schemes'"),
+    (["schemes=one_stage"], "bad value for 'schemes' in the command line"),
+    (["seeds=x"], "bad value for 'seeds' in the command line"),
+    (["seedz=3"], "unknown key 'seedz'"),
     (["scheme=one_stage"], "'scheme' is set by compare"),
     (["seeds=0"], "seeds >= 1"),
     (["budget=updates:100", "student_updates=50"], "give the budget once"),

@@ -133,13 +133,15 @@ def test_message_pattern_keeps_fixed_words_and_skips_values():
 
 
 def test_troubleshooting_table_covers_every_bad_input_case():
-    from test_bad_input import CASES  # tests/ is on sys.path under pytest, as for conftest
+    from test_api import API_BAD, CLI_BAD  # tests/ is on sys.path under pytest, as for conftest
+    from test_bad_input import CASES
 
     messages = [row[0].replace("`", "") for row in troubleshooting_rows()]
-    missing = [f"{case}: {fragment!r}" for case, (_args, fragment) in CASES.items()
+    cases = {**CASES, **CLI_BAD, **API_BAD}
+    missing = [f"{case}: {fragment!r}" for case, (_args, fragment) in cases.items()
                if not any(message_pattern(fragment).search(m) for m in messages)]
     assert not missing, ("docs/troubleshooting.md has no row whose message (first column) matches these "
-                         f"tests/test_bad_input.py cases; add one each: {missing}")
+                         f"cases of tests/test_bad_input.py and tests/test_api.py; add one each: {missing}")
 
 
 def test_readme_shows_the_one_stage_step_as_it_is_in_the_code():

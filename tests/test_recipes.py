@@ -69,7 +69,7 @@ def test_recipe_wiring_two_cycles_and_an_eval_forward(recipe, tmp_path, monkeypa
 
     seen = {}
 
-    def wiring_loader(data, normalize=True):
+    def wiring_loader(data, normalize=True, given=None):
         x, y, kind = eval_tensors(cfg)
         seen.update(kind=kind, n=len(y), mean=tuple(data.mean))
         return DataLoader(TensorDataset(x, y), batch_size=data.eval_batch_size)

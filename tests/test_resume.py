@@ -207,15 +207,19 @@ def test_checkpoint_that_fails_to_load_falls_back_to_previous(tmp_path, capsys):
         with torch.no_grad():
             model.weight.fill_(updates)
         z_states[updates] = z_rng.get_state()
-        saved[updates] = save_checkpoint(accelerator, tmp_path, {"updates": updates}, z_rng, keep=2)
+        saved[updates] = save_checkpoint(accelerator, tmp_path, {"updates": updates, "z_rng": z_rng.get_state()},
+                                         keep=2)
         torch.randn(5, generator=z_rng)
     optimizer_file = saved[20] / "optimizer.bin"
     optimizer_file.write_bytes(b"\0" * optimizer_file.stat().st_size)
 
-    path, state = restore(accelerator, complete_checkpoints(tmp_path)[::-1], z_rng, explicit=False)
+    def load_extras(state):  # as Parts.load_extras does for the latent codes' RNG
+        z_rng.set_state(state["z_rng"])
+
+    path, state = restore(accelerator, complete_checkpoints(tmp_path)[::-1], load_extras, explicit=False)
     assert (path, state["updates"]) == (saved[10], 10)
     assert torch.all(model.weight == 10) and torch.equal(z_rng.get_state(), z_states[10])
     out = capsys.readouterr().out
     assert "checkpoint step_000020 cannot be loaded (" in out and "falling back to the previous one, step_000010" in out
     with pytest.raises(DfkdError, match="step_000020 cannot be loaded .*; pass resume=none to start over"):
-        restore(accelerator, [saved[20]], z_rng, explicit=True)  # named by resume=PATH: no silent fallback
+        restore(accelerator, [saved[20]], load_extras, explicit=True)  # named by resume=PATH: no silent fallback
