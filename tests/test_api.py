@@ -106,6 +106,19 @@ def test_a_model_of_the_users_code_distils_through_the_python_api(teacher, tmp_p
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # the caller's model untouched
     assert teacher.head.weight.requires_grad
 
+    with pytest.raises(dfkd.DfkdError, match="was a module given to dfkd.distill: pass that module again"):
+        dfkd.export(result.run_dir, formats=["onnx"])  # the run cannot rebuild a module of the caller's code
+    out = dfkd.export(result.run_dir, formats=["safetensors", "onnx"], student=DigitsNet(width=4), which="final")
+    card = json.loads((out / "student.json").read_text())
+    assert card["parity"]["onnx"]["top1_agreement"] == 1.0 and card["params"] == result.summary["student_params"]
+    assert card["teacher"]["name"] == "<module DigitsNet>" and card["timm_load"] is None
+
+
+def test_the_compare_tool_is_callable_from_python(mnist_teacher, tmp_path):
+    out = dfkd.compare("recipe=default_v01", "schemes=[one_stage]", "seeds=1", "warmup=0", "budget=updates:4",
+                       "batch_size=8", "eval_every=2", "checkpoint_every=0", "generator.ngf=4", f"out={tmp_path}/c")
+    assert (out / "results.md").is_file() and (out / "runs.jsonl.gz").is_file()
+
 
 def test_a_torchvision_model_is_a_teacher(tmp_path, capsys):
     torchvision = pytest.importorskip("torchvision")
