@@ -308,3 +308,13 @@ def test_a_program_exported_for_another_shape_than_its_card_is_refused(teacher, 
     err = capsys.readouterr().err
     assert "was exported for inputs of shape (1, 16, 16), and the contract says (1, 32, 32)" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_calling_again_finds_the_finished_run_and_returns_its_student(teacher, tmp_path):
+    args = dict(teacher=teacher, student=DigitsNet(width=2), input_size=(1, SIZE, SIZE), mean=(MEAN,), std=(STD,),
+                eval_data=DigitsTest(), overrides=[*TINY, "student_updates=10", f"out_dir={tmp_path}"])
+    first = dfkd.distill(**args)
+    again = dfkd.distill(**args)  # the same run folder: resumed from its last checkpoint, which says it is done
+    assert again.summary == first.summary
+    assert all(torch.equal(a, b) for a, b in zip(first.student.state_dict().values(),
+                                                 again.student.state_dict().values()))
