@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dfkd.data import GivenDataset, ImageFolder, tensor_dataset
+from dfkd.data import GivenDataset, ImageFolder, UnlabelledFolder, tensor_dataset
 from dfkd.errors import DfkdError
 from dfkd.schema import DataConfig
 
@@ -28,6 +28,10 @@ def evaluation_loader(data, normalize: bool = True, given: Optional[Dataset] = N
         ds = GivenDataset(given, data, normalize)
     elif data.dataset == "imagefolder":
         ds = ImageFolder(data.root, data, normalize)
+    elif data.dataset == "unlabelled":
+        ds = UnlabelledFolder(data.root, data, normalize)
+    elif data.dataset == "none":
+        raise DfkdError("data.dataset=none has no real images to load; choose a dataset or data.root=FOLDER")
     else:
         ds = tensor_dataset(data, train=False, normalize=normalize)
     return DataLoader(ds, batch_size=data.eval_batch_size, shuffle=False)

@@ -19,7 +19,7 @@ from typing import Dict, Optional, Sequence, Union
 from torch import nn
 from torch.utils.data import Dataset
 
-from dfkd.config import load_config
+from dfkd.config import holds_images, load_config, looks_like_image_folder
 from dfkd.errors import DfkdError
 from dfkd.sources import given_name
 
@@ -66,12 +66,15 @@ def distill_keys(teacher: Source, student: Source, recipe: str, input_size, mean
     keys += [f"data.std={_listed(std)}"] if std is not None else []
     keys += [f"data.num_classes={int(num_classes)}"] if num_classes is not None else []
     if isinstance(eval_data, (str, Path)):
-        keys += [f"data.root={eval_data}", "data.dataset=imagefolder"]
+        flat = holds_images(str(eval_data)) and not looks_like_image_folder(str(eval_data))
+        keys += [f"data.root={eval_data}", f"data.dataset={'unlabelled' if flat else 'imagefolder'}"]
     elif isinstance(eval_data, Dataset):
         keys.append("data.dataset=given")
-    elif eval_data is not None:
-        raise DfkdError(f"eval_data is a {type(eval_data).__name__}: pass a torch Dataset of (image, label) or a folder "
-                        f"of class sub-folders")
+    elif eval_data is None:
+        keys.append("data.dataset=none")  # no labelled data: fidelity only, unless overrides name a dataset
+    else:
+        raise DfkdError(f"eval_data is a {type(eval_data).__name__}: pass a torch Dataset of (image, label), a folder "
+                        f"of class sub-folders or a flat folder of images")
     return keys
 
 
@@ -79,13 +82,15 @@ def distill(teacher: Source, student: Source = "lenet5_half", recipe: str = "def
             input_size: Optional[Sequence[int]] = None, mean: Optional[Sequence[float]] = None,
             std: Optional[Sequence[float]] = None, num_classes: Optional[int] = None,
             eval_data: Union[Dataset, str, Path, None] = None, overrides: Sequence[str] = ()) -> Result:
-    """Distil ``teacher`` into ``student`` without data; ``eval_data`` (labelled real images) only measures.
+    """Distil ``teacher`` into ``student`` without data; ``eval_data`` (real images) only measures.
 
     teacher: an ``nn.Module`` of any class, a timm name, or a file (weights with a card, a torch.export ``.pt2`` or a
     TorchScript file). student: a timm name, or an ``nn.Module`` with the teacher's classes. input_size (C, H, W),
     mean, std (per channel, on 0-1 pixels), num_classes: the teacher's input contract, where no card or timm config
-    gives it. eval_data: a torch Dataset of (image, label) (0-1 float CHW tensors at input_size, or PIL images) or a
-    folder of class sub-folders; None: the recipe's dataset. overrides: ``key=value`` strings, as on the command line.
+    gives it. eval_data: a torch Dataset of (image, label) (0-1 float CHW tensors at input_size, or PIL images), a
+    folder of class sub-folders, or a flat folder of unlabelled images (measured by agreement with the teacher);
+    None: no real images (``data.dataset=none``, fidelity only) unless ``overrides`` set ``data.dataset``.
+    overrides: ``key=value`` strings, as on the command line (docs/evaluation.md).
     """
     from dfkd.build import build
     from dfkd.trainer import kept_student, train

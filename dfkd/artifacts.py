@@ -36,6 +36,8 @@ OPSET = 17  # every onnxruntime since 1.14 runs it; a CNN classifier needs no ne
 ATOL, RTOL = 1e-4, 1e-4  # logits parity, as torch.allclose: |exported - eager| <= ATOL + RTOL * |eager|
 PARITY_IMAGES = 256  # real test images each exported file is checked on
 SUFFIXES = {Path(file).suffix: fmt for fmt, file in FILES.items()}
+MEASURES = ("student_final_acc", "student_best_acc", "student_final_real_agree", "student_best_real_agree",
+            "student_final_fidelity", "student_best_fidelity")  # of summary.json, what the card repeats
 RUN_FILES = ("config.yaml", "summary.json", "checkpoints")  # what a dfkd run directory holds: never exported into
 CARD_KEYS = ("architecture", "num_classes", "input_size", "mean", "std", "params", "data.dataset", "teacher.name",
              "teacher.checkpoint", "teacher.pretrained", "teacher.params")  # of student.json, what dfkd evaluate reads
@@ -168,8 +170,9 @@ def make_card(run_dir: Path, which: str = "best", weights: Optional[Path] = None
                      % (cfg.student.name, n, d.channels, n) if timm.is_model(cfg.student.name) else None,
         "student_kwargs": dict(cfg.student.kwargs),
         "teacher": {"name": cfg.teacher.name, "checkpoint": cfg.teacher.checkpoint, "kwargs": dict(cfg.teacher.kwargs),
-                    "pretrained": cfg.teacher.pretrained, "test_acc": summary.get("teacher_acc"), "params": t_params},
-        "student_final_acc": summary.get("student_final_acc"), "student_best_acc": summary.get("student_best_acc"),
+                    "pretrained": cfg.teacher.pretrained, "params": t_params,
+                    **({"test_acc": summary["teacher_acc"]} if "teacher_acc" in summary else {})},
+        **{k: summary[k] for k in MEASURES if k in summary},  # a run without labelled data has no accuracy
         "exported": which, "scheme": cfg.scheme, "k": cfg.k, "loss": cfg.loss, "recipe": cfg.recipe,
         "student_updates": summary.get("student_updates"),
         "data": OmegaConf.to_container(OmegaConf.structured(cfg.data)),
@@ -204,9 +207,10 @@ def student_module(card: Dict, given: Optional[nn.Module] = None) -> nn.Module:
 
 
 def parity_images(card: Dict) -> torch.Tensor:
-    """Real test images to check exported files on, or, when the run's data was a Dataset given to the Python API
-    (not reloadable here), uniform 0-1 images of the input shape from a fixed seed: logits must match all the same."""
-    if card["data"]["dataset"] == "given":
+    """Real test images to check exported files on, or, when the run had none that can be reloaded here (a Dataset
+    given to the Python API, or no real data), uniform 0-1 images of the input shape from a fixed seed: logits must
+    match all the same."""
+    if card["data"]["dataset"] in ("given", "none"):
         return torch.rand(PARITY_IMAGES, *card["input_size"], generator=torch.Generator().manual_seed(0))
     return torch.cat([x for x, _ in real_batches(card, PARITY_IMAGES)])
 

@@ -19,11 +19,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from dfkd.accuracy import evaluate, evaluation_loader
 from dfkd.checkpoint import prepare_run_dir, resume_candidates
-from dfkd.checks import check_models, check_teacher, warn_pool_evicts
+from dfkd.checks import check_models, check_no_data, check_teacher, check_unlabelled, warn_pool_evicts
 from dfkd.contract import Contract, resolve
 from dfkd.ema import ModelEMA
 from dfkd.errors import DfkdError
 from dfkd.features import Taps, classifier_of, stages_for
+from dfkd.fidelity import Probe, data_mode, make_probe, probe_pixels
 from dfkd.losses import ADVERSARIAL
 from dfkd.models import Generator
 from dfkd.pool import SamplePool, make_pool
@@ -40,13 +41,15 @@ class Run:
     cfg: Config
     accelerator: Accelerator
     parts: Parts
-    loader: DataLoader
+    loader: Optional[DataLoader]  # the real images evaluated on; None with data.dataset=none
     run_dir: Path
     candidates: List[Path]  # checkpoints to resume from, newest first
     base_lrs: List[float]
-    teacher_acc: float
+    teacher_acc: Optional[float]  # on labelled real images only
     contract: Contract
     teacher_warning: Optional[str] = None  # check_teacher's warning, kept in summary.json
+    probe: Optional[Probe] = None  # the held-out generated images fidelity is measured on (dfkd/fidelity.py)
+    mode: str = "labelled"  # labelled, unlabelled or none (dfkd.fidelity.data_mode)
 
 
 def run_dir_for(cfg: Config) -> Path:
@@ -163,9 +166,12 @@ def build(cfg: Config, teacher: Optional[nn.Module] = None, student: Optional[nn
     student = build_student(cfg, student)
     generator = make_generator(cfg)
     check_models(cfg, teacher, student, generator, contract)
-    loader = evaluation_loader(cfg.data, given=eval_data)
+    mode = data_mode(cfg.data.dataset)
+    loader = evaluation_loader(cfg.data, given=eval_data) if mode != "none" else None
+    with accelerator.main_process_first():  # one process makes the held-out set, the others read it
+        pixels, key = probe_pixels(cfg, teacher, accelerator.device, accelerator.print)
     parts = make_parts(cfg, teacher, student, generator, accelerator)
-    loader = accelerator.prepare(loader)
+    loader = accelerator.prepare(loader) if loader is not None else None
     if parts.pool is not None:
         warn_pool_evicts(cfg, parts.pool.capacity, pool_intake(cfg, cfg.batch_size // accelerator.num_processes),
                          accelerator.print)
@@ -173,13 +179,36 @@ def build(cfg: Config, teacher: Optional[nn.Module] = None, student: Optional[nn
         raise DfkdError(f"adversarial=0 leaves the generator nothing to learn: switch a prior on "
                         f"({', '.join(f'priors.{name}' for name in PRIORS)}) or set adversarial > 0")
     base_lrs = [parts.opt_s.param_groups[0]["lr"], parts.opt_g.param_groups[0]["lr"]]
-    confusion = torch.zeros(cfg.data.num_classes, cfg.data.num_classes, dtype=torch.long)
-    teacher_acc = evaluate(parts.teacher, loader, accelerator, confusion)  # one pass: accuracy and predictions
+    teacher_acc, warning = measure_teacher(cfg, parts.teacher, loader, accelerator, contract, mode)
+    probe = make_probe(cfg, pixels, key, parts.teacher, accelerator.device)
+    return Run(cfg, accelerator, parts, loader, run_dir, candidates, base_lrs, teacher_acc, contract, warning, probe,
+               mode)
+
+
+def measure_teacher(cfg: Config, teacher: nn.Module, loader: Optional[DataLoader], accelerator: Accelerator,
+                    contract: Contract, mode: str):
+    """The teacher on the real images, and its checks: accuracy and the near-chance check on labelled data; on an
+    unlabelled folder, its predictions (the labels student agreement is measured against) and their spread; with
+    none, the note that the contract is unchecked. Returns its accuracy (labelled data only) and any warning."""
+    if mode == "none":
+        check_no_data(cfg, contract, accelerator.print)
+        return None, None
+    if mode == "unlabelled":  # every process reads the whole folder once, in order
+        with torch.no_grad():
+            was_training = teacher.training
+            preds = torch.cat([teacher.eval()(x.to(accelerator.device)).argmax(1).cpu()
+                               for x, _ in DataLoader(loader.dataset, batch_size=cfg.data.eval_batch_size)])
+            teacher.train(was_training)
+        loader.dataset.labels = preds
+    else:
+        confusion = torch.zeros(cfg.data.num_classes, cfg.data.num_classes, dtype=torch.long)
+        teacher_acc = evaluate(teacher, loader, accelerator, confusion)  # one pass: accuracy and predictions
     accelerator.print(f"[dfkd] input: {contract.describe(cfg)}")
     for warning in contract.warnings:
         accelerator.print(f"[dfkd] warning: {warning}")
-    teacher_warning = check_teacher(cfg, teacher_acc, contract, accelerator.print, confusion)
-    return Run(cfg, accelerator, parts, loader, run_dir, candidates, base_lrs, teacher_acc, contract, teacher_warning)
+    if mode == "unlabelled":
+        return None, check_unlabelled(cfg, torch.bincount(preds, minlength=cfg.data.num_classes), accelerator.print)
+    return teacher_acc, check_teacher(cfg, teacher_acc, contract, accelerator.print, confusion)
 
 
 def make_generator(cfg: Config) -> Generator:

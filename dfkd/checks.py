@@ -84,6 +84,38 @@ def check_teacher(cfg: Config, teacher_acc: float, contract: Contract, print_fn,
     return warning
 
 
+COLLAPSED = 2.5  # perplexity of the teacher's predicted classes under which they sit on one or two classes
+
+
+def check_unlabelled(cfg: Config, predicted: torch.Tensor, print_fn) -> Optional[str]:
+    """Without labels, the near-chance check's stand-in: a teacher whose predictions on a folder of real images
+    collapse onto one or two classes (``predicted``: its predicted-class counts) is probably fed wrongly. A warning,
+    since the folder may really hold so few classes; returns it, if any (summary.json keeps it)."""
+    spread = perplexity(predicted)
+    if cfg.data.num_classes <= 2 or spread >= COLLAPSED:
+        return None
+    warning = (f"teacher {teacher_label(cfg.teacher)}'s predictions on the {int(predicted.sum())} images of "
+               f"{cfg.data.root} collapse onto one or two classes (perplexity {spread:.1f} of its predicted classes): "
+               f"its input pipeline is probably wrong. Check {pipeline_keys(cfg)}. Distilling anyway; ignore this if "
+               f"the folder really holds one or two classes")
+    print_fn(f"[dfkd] warning: {warning}")
+    return warning
+
+
+def check_no_data(cfg: Config, contract: Contract, print_fn) -> None:
+    """``data.dataset=none``: the contract must be complete from keys, the card or the checkpoint alone, and the
+    user is told, once, that no real image could check it."""
+    d = cfg.data
+    missing = [f"data.{k}" for k in ("channels", "image_size", "num_classes", "mean", "std", "interpolation",
+                                     "crop_pct") if getattr(d, k) is None]
+    if missing:
+        raise DfkdError(f"data.dataset=none: the teacher's input contract is incomplete ({', '.join(missing)} unknown) "
+                        f"and there are no real images to derive it from; set {missing[0]}=VALUE or give the teacher "
+                        f"a card (docs/own-teacher.md)")
+    print_fn(f"[dfkd] data.dataset=none: the input contract could not be checked against real images; it is "
+             f"{contract.describe(cfg)}")
+
+
 def weak_signs(teacher_acc: float, chance: float, confusion: Optional[torch.Tensor]) -> List[str]:
     """Why a teacher with no stated accuracy looks wrongly fed: it scores below the midpoint between chance and
     100 % (a trained classifier's least), and/or its predictions collapse onto few classes (the perplexity of the

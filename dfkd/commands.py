@@ -73,8 +73,9 @@ def export_command(argv: List[str]) -> int:
 def report(out: Path) -> None:
     """What ``dfkd export`` wrote, and the parity each file passed."""
     card = json.loads((out / "student.json").read_text())
+    images = "uniform noise" if card["data"]["dataset"] in ("given", "none") else "test"  # as parity_images picks
     for fmt, check in card["parity"].items():
-        print(f"[dfkd] {out / FILES[fmt]}: parity ok on {check['images']} test images "
+        print(f"[dfkd] {out / FILES[fmt]}: parity ok on {check['images']} {images} images "
               f"(max |logit diff| {check['max_abs_logit_diff']:.1e})")
     print(f"[dfkd] {out / 'student.json'}: {card['architecture']} {card['params']:,} params, "
           f"{card['compression_ratio']}x fewer than {card['teacher']['name']}")

@@ -201,6 +201,9 @@ def compare(argv: List[str]) -> Path:
     """Run the comparison described by ``argv``; returns the results directory."""
     cfg, recipe = parse_args(argv)
     base = load_config(recipe)
+    if base.data.dataset in ("none", "unlabelled"):  # its table and plot are of test accuracy
+        raise DfkdError(f"dfkd compare measures test accuracy and data.dataset={base.data.dataset} has no labels: "
+                        f"give it labelled data (data.dataset=mnist, data.root=CLASS_FOLDERS, ...)")
     pick_threads()  # once, before any run: every scheme is timed with the same thread count
     out = Path(cfg.out or Path(base.out_dir) / f"compare-{base.recipe}-{datetime.now():%Y%m%d-%H%M%S}").expanduser()
     if (out / "runs").exists():  # its runs would resume from their checkpoints, not be re-run and re-timed

@@ -64,6 +64,8 @@ def load_config(argv: List[str]) -> Config:
     # `data.root=FOLDER` of class folders means "evaluate on this folder", whatever the recipe's dataset
     if "data.root" in overrides and "data.dataset" not in overrides and looks_like_image_folder(cfg.data.root):
         cfg.data.dataset = Dataset.imagefolder
+    elif "data.root" in overrides and "data.dataset" not in overrides and holds_images(cfg.data.root):
+        cfg.data.dataset = Dataset.unlabelled  # a flat folder of images: no labels
     # the recipe's own teacher may be trained on first use; a checkpoint named on the command line must exist
     if "teacher.checkpoint" in overrides and "teacher.train_if_missing" not in overrides:
         cfg.teacher.train_if_missing = False
@@ -146,6 +148,9 @@ def validate(cfg: Config) -> None:
     _require(cfg.eval_every >= 1 and cfg.log_every >= 1, "eval_every and log_every must be >= 1")
     _require(cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = only at the end), got {cfg.checkpoint_every}")
     _require(cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
+    _require(cfg.data.fidelity_images >= 16 and cfg.data.fidelity_steps >= 0,
+             f"data.fidelity_images must be >= 16 and data.fidelity_steps >= 0, got {cfg.data.fidelity_images} and "
+             f"{cfg.data.fidelity_steps}")
     _check_terms(cfg)
     _check_pool_and_averages(cfg)
     check_contract(cfg.data)
@@ -237,3 +242,9 @@ def looks_like_image_folder(root: str) -> bool:
         if any(f.suffix.lower() in IMAGE_SUFFIXES for f in sub.iterdir()):
             return True
     return False
+
+
+def holds_images(root: str) -> bool:
+    """True if ``root`` is a folder with image files directly inside it (a flat, unlabelled folder)."""
+    path = Path(root).expanduser()
+    return path.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in path.iterdir() if f.is_file())

@@ -214,3 +214,35 @@ class GivenDataset(Dataset):
             raise DfkdError(f"eval_data[{i}] has label {label}, outside the teacher's {self.data.num_classes} classes "
                             f"(0..{self.data.num_classes - 1})")
         return to_model_input(x, self.data, self.normalize)[0], label
+
+
+class UnlabelledFolder(Dataset):
+    """A flat folder of real images without labels (``data.dataset=unlabelled``), as teacher inputs. Its labels are
+    the teacher's own predictions once the run sets ``labels``: accuracy on them is top-1 agreement with the teacher."""
+
+    def __init__(self, root: str, data, normalize: bool = True):
+        path = Path(root).expanduser()
+        if not path.is_dir():
+            raise DfkdError(f"data.root '{path}' is not a directory; data.dataset=unlabelled reads a folder of images")
+        self.files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise DfkdError(f"data.root '{path}' holds no image files (looked for {', '.join(IMAGE_SUFFIXES)}); "
+                            f"data.dataset=unlabelled reads the images directly inside it, not in sub-folders")
+        self.data, self.normalize = data, normalize
+        self.mode = "L" if data.channels == 1 else "RGB"
+        self.labels = torch.full((len(self.files),), -1, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+        from torchvision.transforms.functional import pil_to_tensor
+
+        try:
+            with Image.open(self.files[i]) as img:
+                img = img.convert(self.mode)
+        except Exception as err:  # truncated, corrupt, or not an image
+            raise DfkdError(f"cannot read image '{self.files[i]}' ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:120]}); remove or replace it") from err
+        return to_model_input(pil_to_tensor(img).unsqueeze(0), self.data, self.normalize)[0], int(self.labels[i])

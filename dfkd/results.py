@@ -15,12 +15,13 @@ from dfkd.schema import Config
 
 FRACTIONS = (0.90, 0.95, 0.97, 0.99)  # time-to-accuracy thresholds, as fractions of the teacher's accuracy
 TTA = {f: f"tta{round(f * 100)}" for f in FRACTIONS}  # their results.csv column prefix
+TTF = {f: f"ttf{round(f * 100)}" for f in FRACTIONS}  # time-to-fidelity: agreement with the teacher >= f * 100 %
 NOT_REACHED = "not reached"
 
 
-def time_to_accuracy(evaluations: List[Dict], target: float) -> Optional[float]:
-    """Training seconds at the first evaluation with test accuracy >= target; None if never reached."""
-    return next((e["train_s"] for e in evaluations if e["test_acc"] >= target), None)
+def time_to_accuracy(evaluations: List[Dict], target: float, key: str = "test_acc") -> Optional[float]:
+    """Training seconds at the first evaluation with test accuracy (or ``key``) >= target; None if never reached."""
+    return next((e["train_s"] for e in evaluations if e.get(key, -1.0) >= target), None)
 
 
 def mean_std(values: List[float]) -> Tuple[float, float]:
@@ -31,23 +32,26 @@ def mean_std(values: List[float]) -> Tuple[float, float]:
 def summarise(name: str, runs: List[Dict]) -> Dict:
     """One results.csv row: a scheme's runs over seeds; time-to-accuracy over the seeds that reached it."""
     s = [r["summary"] for r in runs]
-    row = {"scheme": name, "seeds": len(runs), "teacher_acc": s[0]["teacher_acc"]}
-    for key in ("student_final_acc", "student_best_acc"):
-        row[f"{key}_mean"], row[f"{key}_std"] = (round(v, 3) for v in mean_std([x[key] for x in s]))
+    row = {"scheme": name, "seeds": len(runs), "teacher_acc": s[0].get("teacher_acc")}
+    for key in ("student_final_acc", "student_best_acc", "student_final_fidelity", "student_best_fidelity"):
+        if all(key in x for x in s):  # runs without labelled data have no accuracy; older runs no fidelity
+            row[f"{key}_mean"], row[f"{key}_std"] = (round(v, 3) for v in mean_std([x[key] for x in s]))
     for key in ("train_seconds", "eval_seconds", "wall_seconds", "student_updates", "generator_updates"):
         row[f"{key}_mean"] = round(statistics.mean(x[key] for x in s), 3)
     row["seconds_per_student_update"] = round(statistics.mean(x["train_seconds"] / x["student_updates"] for x in s), 6)
-    for fraction in FRACTIONS:
-        tag, reached = TTA[fraction], [t for r in runs if (t := r["tta"][fraction]) is not None]
-        mean, std = (round(v, 2) for v in mean_std(reached)) if reached else (NOT_REACHED, "")
-        row[f"{tag}_seconds_mean"], row[f"{tag}_seconds_std"] = mean, std
-        row[f"{tag}_reached"] = f"{len(reached)}/{len(runs)}"
+    for times, tags in (("tta", TTA), ("ttf", TTF)):
+        for fraction in FRACTIONS:
+            tag, reached = tags[fraction], [t for r in runs if (t := r[times][fraction]) is not None]
+            mean, std = (round(v, 2) for v in mean_std(reached)) if reached else (NOT_REACHED, "")
+            row[f"{tag}_seconds_mean"], row[f"{tag}_seconds_std"] = mean, std
+            row[f"{tag}_reached"] = f"{len(reached)}/{len(runs)}"
     return row
 
 
-def format_tta(row: Dict, fraction: float) -> str:
-    """A results.md time-to-accuracy cell: mean ± std, how many seeds reached it if not all, or not reached."""
-    tag = TTA[fraction]
+def format_tta(row: Dict, fraction: float, tags: Dict[float, str] = TTA) -> str:
+    """A results.md time-to-accuracy (or, with ``TTF``, time-to-fidelity) cell: mean ± std, how many seeds reached
+    it if not all, or not reached."""
+    tag = tags[fraction]
     reached, total = row[f"{tag}_reached"].split("/")
     text = NOT_REACHED if reached == "0" else f"{row[f'{tag}_seconds_mean']:.1f} ± {row[f'{tag}_seconds_std']:.1f}"
     return text if reached in ("0", total) else f"{text} ({reached}/{total} seeds)"
@@ -57,17 +61,19 @@ def write_markdown(path: Path, rows: List[Dict], order: str, labels: List[str], 
                    machine: Dict[str, str], command: str, total_s: float) -> None:
     """results.md: the table, how it was measured (``order``: the runs in the order they ran; ``labels``: what each
     named entry ran), on which machine, with the command; ``cfg`` is compare's own settings."""
-    head = ["scheme", "teacher acc %", "student final acc %", "student best acc %", "train s", "eval s", "wall s",
-            "ms / student update", "student updates", "generator updates"]
-    head += [f"s to {round(f * 100)}% of teacher" for f in FRACTIONS]
+    head = ["scheme", "teacher acc %", "student final acc %", "student best acc %", "student final fidelity %",
+            "train s", "eval s", "wall s", "ms / student update", "student updates", "generator updates"]
+    head += [f"s to {round(f * 100)}% of teacher" for f in FRACTIONS] + ["s to 95% agreement"]
     table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["scheme"], f"{r['teacher_acc']:.2f}",
                  f"{r['student_final_acc_mean']:.2f} ± {r['student_final_acc_std']:.2f}",
                  f"{r['student_best_acc_mean']:.2f} ± {r['student_best_acc_std']:.2f}",
+                 f"{r['student_final_fidelity_mean']:.2f} ± {r['student_final_fidelity_std']:.2f}"
+                 if "student_final_fidelity_mean" in r else "-",
                  f"{r['train_seconds_mean']:.1f}", f"{r['eval_seconds_mean']:.1f}", f"{r['wall_seconds_mean']:.1f}",
                  f"{1000 * r['seconds_per_student_update']:.1f}", f"{r['student_updates_mean']:g}",
-                 f"{r['generator_updates_mean']:g}"] + [format_tta(r, f) for f in FRACTIONS]
+                 f"{r['generator_updates_mean']:g}"] + [format_tta(r, f) for f in FRACTIONS] + [format_tta(r, 0.95, TTF)]
         table.append("| " + " | ".join(cells) + " |")
     budget = (f"{base.max_train_seconds:g} training seconds per run (ending at the first whole cycle past it; at most "
               f"{base.student_updates} student updates, the {base.lr_schedule} lr schedule's horizon)"
@@ -95,7 +101,10 @@ budget {budget}, evaluation every {base.eval_every} student updates, {cfg.seeds}
   timed apart (*eval s*) and excluded from train s, ms / student update and time-to-accuracy. On CUDA the trainer
   synchronises the device before it reads the clock. *wall s*: a run's whole loop, evaluation included.
 - Time-to-accuracy: training seconds at the first evaluation whose test accuracy reaches 90 / 95 / 97 / 99 % of the
-  teacher's; resolution is one evaluation interval; mean over the seeds that reached it.
+  teacher's; resolution is one evaluation interval; mean over the seeds that reached it. Time-to-agreement: the
+  same for 95 % top-1 agreement with the teacher on the held-out generated images (fidelity, docs/evaluation.md).
+- *student best acc*: the test accuracy of student_best.safetensors, the evaluation that agreed most with the
+  teacher on the held-out generated images (chosen without the test set).
 - Whole comparison: {total_s:.0f} s. Per run: one line of runs.jsonl.gz (entry, seed, folder, config, summary,
   every metrics record), from runs/<folder>-s<seed>/ (config.yaml, metrics.jsonl, summary.json).
 """
@@ -156,7 +165,9 @@ def read_runs(path: Path) -> List[Dict]:
 
 def measured(record: Dict) -> Dict:
     """A run record with what the table and the plot are made of: its evaluations and time-to-accuracy."""
-    evaluations = [m for m in record["metrics"] if "test_acc" in m]
-    teacher_acc = record["summary"]["teacher_acc"]
+    evaluations = [m for m in record["metrics"] if "test_acc" in m or "fidelity_agree" in m]
+    teacher_acc = record["summary"].get("teacher_acc")  # none without labelled data: no time-to-accuracy
     return {**record, "evaluations": evaluations,
-            "tta": {f: time_to_accuracy(evaluations, f * teacher_acc) for f in FRACTIONS}}
+            "tta": {f: None if teacher_acc is None else time_to_accuracy(evaluations, f * teacher_acc)
+                    for f in FRACTIONS},
+            "ttf": {f: time_to_accuracy(evaluations, f * 100, "fidelity_agree") for f in FRACTIONS}}

@@ -34,7 +34,8 @@ class Choice(str, Enum):
 
 
 Optimizer = Choice("Optimizer", {"sgd": "sgd", "adam": "adam"})
-Dataset = Choice("Dataset", {n: n for n in ("mnist", "digits", "cifar10", "cifar100", "imagefolder", "given")})
+Dataset = Choice("Dataset", {n: n for n in ("mnist", "digits", "cifar10", "cifar100", "imagefolder", "given",
+                                            "unlabelled", "none")})
 Interpolation = Choice("Interpolation", {n: n for n in ("bilinear", "bicubic", "nearest")})
 LrSchedule = Choice("LrSchedule", {n: n for n in ("cosine", "step", "constant")})
 MixedPrecision = Choice("MixedPrecision", {n: n for n in ("no", "bf16", "fp16")})
@@ -135,8 +136,12 @@ class DataConfig:
 
     dataset: Dataset = key(Dataset.mnist, "evaluation data; a data.root of class folders on the command line "
                                           "selects imagefolder unless data.dataset is given too; given: a torch "
-                                          "Dataset passed to dfkd.distill(eval_data=...)")
-    root: str = key("~/.cache/dfkd/data", "where the dataset is (imagefolder: one sub-folder per class)",
+                                          "Dataset passed to dfkd.distill(eval_data=...); unlabelled: a flat "
+                                          "folder of images (data.root), measured by agreement with the teacher; "
+                                          "none: no real images, fidelity on generated ones only "
+                                          "(docs/evaluation.md)")
+    root: str = key("~/.cache/dfkd/data", "where the dataset is (imagefolder: one sub-folder per class; "
+                                          "unlabelled: the images themselves)",
                     logging=True)
     download: bool = key(True, "torchvision's download when the files are absent", logging=True)
     image_size: Optional[int] = key(None, "teacher input height = width; null: derived")
@@ -148,6 +153,10 @@ class DataConfig:
     crop_pct: Optional[float] = key(None, "resize the short side to image_size / crop_pct, centre-crop image_size")
     classes: Optional[List[str]] = key(None, "ImageFolder folder names in the teacher's class order")
     eval_batch_size: int = key(1000, "evaluation batch", logging=True)
+    fidelity_images: int = key(2000, "held-out generated images fidelity is measured on (dfkd/fidelity.py; fewer for "
+                                     "large inputs: at most 64 MB)")
+    fidelity_steps: int = key(200, "training steps of the generator that makes them (a few seconds for LeNet-5; "
+                                   "minutes for an ImageNet teacher on a CPU: lower it there)")
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dfkd.build import Run, bare, build, open_run_dir
 from dfkd.checkpoint import restore, save_checkpoint, trim_metrics
 from dfkd.contract import teacher_label
 from dfkd.errors import DfkdError
+from dfkd.fidelity import better, fidelity, summary_measures
 from dfkd.schema import Config
 from dfkd.schemes import SCHEMES
 from dfkd.weights import save_weights
@@ -52,9 +53,15 @@ class RunState:
     train_s: float = 0.0  # training clock: steps only
     eval_s: float = 0.0
     wall_s: float = 0.0  # all processes of this run, resumed ones included
-    best_acc: float = -1.0
+    final_acc: float = 0.0  # on the real images: test accuracy, or agreement with the teacher (unlabelled folder)
+    final_agree: float = 0.0  # fidelity on the held-out generated images: top-1 agreement (%) ...
+    final_kl: float = 0.0  # ... and mean KL(teacher || student)
+    best_agree: float = -1.0  # the kept student_best.safetensors: the evaluation that agreed most (ties: lower KL)
+    best_kl: float = 0.0
     best_update: int = 0
-    final_acc: float = 0.0
+    best_acc: float = -1.0  # the real-image measure of that evaluation
+    best_test_acc: float = -1.0  # the highest test accuracy of any evaluation: a reference, not a choice
+    best_test_update: int = 0
     skipped_steps: int = 0  # fp16 overflows: both optimizers skipped, scale halved
 
     @classmethod
@@ -131,7 +138,7 @@ def log_training(run: Run, state: RunState, metrics: Dict, factor: float, log: M
          "lr_s": run.base_lrs[0] * factor, "lr_g": run.base_lrs[1] * factor,
          "grad_norm_s": grad_norm(run.parts.student), "grad_norm_g": grad_norm(run.parts.generator),
          "skipped_steps": state.skipped_steps, **pool_metrics(run.parts.pool), **values})
-    bar.set_postfix(loss_s=f"{values['loss_s']:.3f}", acc=f"{state.final_acc:.1f}", samples_s=f"{samples_per_s:.0f}")
+    bar.set_postfix(loss_s=f"{values['loss_s']:.3f}", agree=f"{state.final_agree:.1f}", samples_s=f"{samples_per_s:.0f}")
 
 
 def pool_metrics(pool) -> Dict:
@@ -152,23 +159,31 @@ def kept_student(run: Run) -> nn.Module:
 
 
 def evaluate_student(run: Run, state: RunState, log: MetricsLog, bar) -> None:
-    """Test accuracy now (final) and the best so far, whose weights are kept as student_best.safetensors;
-    with an EMA student, also the trained student's own accuracy (``test_acc_trained``)."""
-    tick = time.perf_counter()
-    state.final_acc = evaluate(kept_student(run), run.loader, run.accelerator)
-    trained = {} if run.parts.student_ema is None else {
-        "test_acc_trained": evaluate(run.parts.student, run.loader, run.accelerator)}
+    """Fidelity on the held-out generated images, and the real-image measure where there are real images (test
+    accuracy, or agreement with the teacher on an unlabelled folder); the evaluation that agrees most is kept as
+    student_best.safetensors. With an EMA student, also the trained student's own accuracy (``test_acc_trained``)."""
+    tick, student, device = time.perf_counter(), kept_student(run), run.accelerator.device
+    real, record = {"labelled": "test_acc", "unlabelled": "real_agree"}.get(run.mode), {}
+    state.final_agree, state.final_kl = fidelity(student, run.probe, device)
+    if real:
+        state.final_acc = record[real] = evaluate(student, run.loader, run.accelerator)
+    if real == "test_acc" and run.parts.student_ema is not None:
+        record["test_acc_trained"] = evaluate(run.parts.student, run.loader, run.accelerator)
     state.eval_s += time.perf_counter() - tick
-    main = run.accelerator.is_main_process
-    if state.final_acc > state.best_acc:
-        state.best_acc, state.best_update = state.final_acc, state.updates
-        if main:
-            save_weights(kept_student(run), run.run_dir / "student_best.safetensors")
-    log({"update": state.updates, "train_s": round(state.train_s, 3), "test_acc": state.final_acc,
-         "best_acc": state.best_acc, **trained})
-    if main:
-        bar.write(f"[dfkd] update {state.updates}: student test acc {state.final_acc:.2f}% (best "
-                  f"{state.best_acc:.2f}%), train {state.train_s:.1f}s")
+    if real == "test_acc" and state.final_acc > state.best_test_acc:
+        state.best_test_acc, state.best_test_update = state.final_acc, state.updates
+    if better(state.final_agree, state.final_kl, state.best_agree, state.best_kl):
+        state.best_agree, state.best_kl, state.best_update = state.final_agree, state.final_kl, state.updates
+        state.best_acc = state.final_acc
+        if run.accelerator.is_main_process:
+            save_weights(student, run.run_dir / "student_best.safetensors")
+    log({"update": state.updates, "train_s": round(state.train_s, 3), **record, "fidelity_agree": state.final_agree,
+         "fidelity_kl": state.final_kl, "best_fidelity_agree": state.best_agree})
+    if run.accelerator.is_main_process:
+        what = {"test_acc": "test acc", "real_agree": "agreement on real images"}.get(real)
+        measure = f"student {what} {state.final_acc:.2f}%, " if what else "student "
+        bar.write(f"[dfkd] update {state.updates}: {measure}fidelity {state.final_agree:.2f}% agreement, KL "
+                  f"{state.final_kl:.4f} (best {state.best_agree:.2f}%), train {state.train_s:.1f}s")
 
 
 def checkpoint(run: Run, state: RunState, last_good):
@@ -203,9 +218,8 @@ def finish(run: Run, state: RunState, log: MetricsLog) -> Dict:
         "recipe": cfg.recipe, "method": cfg.method, "scheme": cfg.scheme, "k": cfg.k, "loss": cfg.loss, "seed": cfg.seed,
         "teacher": teacher_label(cfg.teacher), "student": cfg.student.name, "student_ema": cfg.student.ema,
         "teacher_params": parameters(run.parts.teacher), "student_params": parameters(run.parts.student),
-        "teacher_acc": run.teacher_acc,
-        "teacher_card_acc": run.contract.card_accuracy, "teacher_warning": run.teacher_warning,
-        "student_final_acc": state.final_acc, "student_best_acc": state.best_acc, "best_at_update": state.best_update,
+        "teacher_card_acc": run.contract.card_accuracy, "teacher_warning": run.teacher_warning, "data": run.mode,
+        **summary_measures(run.mode, state, run.teacher_acc), "fidelity_images": len(run.probe.pixels),
         "student_updates": state.updates, "generator_updates": state.cycles,
         "train_seconds": round(state.train_s, 2), "eval_seconds": round(state.eval_s, 2),
         "wall_seconds": round(state.wall_s, 2), "processes": accelerator.num_processes,
@@ -221,8 +235,10 @@ def finish(run: Run, state: RunState, log: MetricsLog) -> Dict:
         if cfg.export:  # as `dfkd export RUN_DIR`: every format, parity-checked, into run_dir/export
             from dfkd.artifacts import FILES, export
             export(run_dir, list(FILES))
-    accelerator.print(f"[dfkd] done: teacher {run.teacher_acc:.2f}% | student final {state.final_acc:.2f}% best "
-                      f"{state.best_acc:.2f}% | {cfg.scheme} | train {state.train_s:.1f}s, wall "
+    accuracy = (f"teacher {run.teacher_acc:.2f}% | student final {state.final_acc:.2f}% | "
+                if run.teacher_acc is not None else "")
+    accelerator.print(f"[dfkd] done: {accuracy}fidelity final {state.final_agree:.2f}% best {state.best_agree:.2f}% "
+                      f"| {cfg.scheme} | train {state.train_s:.1f}s, wall "
                       f"{summary['wall_seconds']:.1f}s | {run_dir}")
     accelerator.end_training()
     return summary
@@ -242,7 +258,8 @@ def train(run: Run) -> Dict:
                                   init_kwargs={"wandb": {"name": run_dir.name, "dir": str(run_dir)}})
     card_acc = run.contract.card_accuracy
     own = f" (its card: {card_acc:.2f}%)" if card_acc is not None else ""
-    accelerator.print(f"[dfkd] {cfg.recipe}: teacher {teacher_label(cfg.teacher)} {run.teacher_acc:.2f}%{own} | student "
+    acc = f" {run.teacher_acc:.2f}%{own}" if run.teacher_acc is not None else ""
+    accelerator.print(f"[dfkd] {cfg.recipe}: teacher {teacher_label(cfg.teacher)}{acc} | student "
                       f"{cfg.student.name} | scheme {cfg.scheme} k={cfg.k} loss={cfg.loss} | {cfg.student_updates} "
                       f"student updates, batch {cfg.batch_size}, {accelerator.num_processes} process(es) "
                       f"on {accelerator.device}")

@@ -126,6 +126,7 @@ def test_a_torchvision_model_is_a_teacher(tmp_path, capsys):
     model.conv1 = nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
     result = dfkd.distill(model, "lenet5_half", input_size=(1, 32, 32), mean=(0.5,), std=(0.5,),
                           overrides=["data.dataset=digits", "teacher.allow_near_chance=true", "student_updates=5",
+                                     "data.fidelity_images=16", "data.fidelity_steps=0",
                                      "batch_size=8", "eval_every=4", "checkpoint_every=0", "pool.size=0",
                                      "generator.ngf=4", f"out_dir={tmp_path}"])
     assert result.summary["student_updates"] == 5 and result.summary["teacher"] == "<module ResNet>"
@@ -212,7 +213,8 @@ def test_a_card_naming_its_architecture_wins_over_the_recipes_teacher(tmp_path, 
                                                    "mean": [0.5], "std": [0.5]}))
     argv = ["distill", f"teacher.checkpoint={tmp_path / 'net.safetensors'}", "data.dataset=digits",
             "teacher.allow_near_chance=true", "student_updates=5", "batch_size=8", "eval_every=5",
-            "checkpoint_every=0", "pool.size=0", "generator.ngf=4", "run_name=r", f"out_dir={tmp_path}"]
+            "checkpoint_every=0", "pool.size=0", "generator.ngf=4", "run_name=r", f"out_dir={tmp_path}",
+            "data.fidelity_images=16", "data.fidelity_steps=0"]  # a random teacher: no probe worth training
     assert main(argv) == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["teacher"] == "test_resnet"
 

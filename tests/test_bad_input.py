@@ -48,6 +48,8 @@ def make_files(tmp: Path) -> dict:
     (tmp / "empty_folder").mkdir()
     (tmp / "not_images" / "0").mkdir(parents=True)
     (tmp / "not_images" / "0" / "notes.txt").write_text("not an image\n")
+    (tmp / "flat_notes").mkdir()
+    (tmp / "flat_notes" / "notes.txt").write_text("not an image\n")
     (tmp / "corrupt_images" / "0").mkdir(parents=True)
     (tmp / "corrupt_images" / "0" / "broken.png").write_bytes(os.urandom(512))
     for name, change in CARD_CHANGES.items():  # the default teacher's card, one value wrong
@@ -93,6 +95,15 @@ CASES = {
                                    "holds no image files"),
     "ImageFolder with a corrupt image": (["data.dataset=imagefolder", "data.root={TMP}/corrupt_images"],
                                          "cannot read image '{TMP}/corrupt_images/0/broken.png'"),
+    "empty unlabelled folder": (["data.dataset=unlabelled", "data.root={TMP}/empty_folder"],
+                                "data.dataset=unlabelled reads the images directly inside it"),
+    "unlabelled folder of non-images": (["data.dataset=unlabelled", "data.root={TMP}/flat_notes"],
+                                        "data.dataset=unlabelled reads the images directly inside it"),
+    "unlabelled folder with a corrupt image": (["data.dataset=unlabelled", "data.root={TMP}/corrupt_images/0"],
+                                               "cannot read image '{TMP}/corrupt_images/0/broken.png'"),
+    "no labelled data and an incomplete input contract": (
+        ["data.dataset=none", "teacher.name=dfkd.models.lenet:LeNet5", "teacher.checkpoint=null"],
+        "the teacher's input is unknown (data.image_size, data.mean, data.std)"),
     "student input mismatch": (["student.name=vit_tiny_patch16_224"],
                                "student vit_tiny_patch16_224 cannot take generated images of shape (1, 32, 32)"),
     "per-sample loss with a BatchNorm student": (["teacher.name=wrn_16_1", "teacher.checkpoint={TMP}/wrn_16_1.safetensors",

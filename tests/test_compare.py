@@ -46,12 +46,16 @@ FOLDERS = {"two_stage_k5": "two_stage_k5", "one_stage": "one_stage", "slow_gen":
 LONG = ("two_stage_k5+pool.size=0+student.ema=0+priors.ie=0+student.lr=0.01+lr_schedule=constant"
         "+student_updates=4000+loss=l1+generator.output=standardized")  # DFAD as docs/students.md compares it
 CSV_COLUMNS = (["scheme", "seeds", "teacher_acc", "student_final_acc_mean", "student_final_acc_std",
-                "student_best_acc_mean", "student_best_acc_std", "train_seconds_mean", "eval_seconds_mean",
-                "wall_seconds_mean", "student_updates_mean", "generator_updates_mean", "seconds_per_student_update"]
-               + [f"tta{p}_{c}" for p in (90, 95, 97, 99) for c in ("seconds_mean", "seconds_std", "reached")])
-MD_COLUMNS = ["scheme", "teacher acc %", "student final acc %", "student best acc %", "train s", "eval s", "wall s",
-              "ms / student update", "student updates", "generator updates", "s to 90% of teacher",
-              "s to 95% of teacher", "s to 97% of teacher", "s to 99% of teacher"]
+                "student_best_acc_mean", "student_best_acc_std", "student_final_fidelity_mean",
+                "student_final_fidelity_std", "student_best_fidelity_mean", "student_best_fidelity_std",
+                "train_seconds_mean", "eval_seconds_mean", "wall_seconds_mean", "student_updates_mean",
+                "generator_updates_mean", "seconds_per_student_update"]
+               + [f"{t}{p}_{c}" for t in ("tta", "ttf") for p in (90, 95, 97, 99)
+                  for c in ("seconds_mean", "seconds_std", "reached")])
+MD_COLUMNS = ["scheme", "teacher acc %", "student final acc %", "student best acc %", "student final fidelity %",
+              "train s", "eval s", "wall s", "ms / student update", "student updates", "generator updates",
+              "s to 90% of teacher", "s to 95% of teacher", "s to 97% of teacher", "s to 99% of teacher",
+              "s to 95% agreement"]
 MEAN_STD = re.compile(r"^(\d+\.\d\d) ± (\d+\.\d\d)$")
 TTA_CELL = re.compile(r"^(not reached|\d+\.\d ± \d+\.\d( \(\d+/\d+ seeds\))?)$")
 
@@ -136,10 +140,10 @@ def test_compare_writes_table_csv_plot_and_runs_file_with_one_line_per_scheme(ti
         assert float(row["student_final_acc_std"]) == 0.0  # one seed
         assert float(row["student_updates_mean"]) == 10
         assert float(row["train_seconds_mean"]) + float(row["eval_seconds_mean"]) <= float(row["wall_seconds_mean"]) + 0.02
-        for p in (90, 95, 97):
-            reached = row[f"tta{p}_reached"]
+        for tag in ("tta90", "tta95", "tta97", "ttf90", "ttf95"):
+            reached = row[f"{tag}_reached"]
             assert reached in ("0/1", "1/1")
-            assert (row[f"tta{p}_seconds_mean"] == "not reached") == (reached == "0/1")
+            assert (row[f"{tag}_seconds_mean"] == "not reached") == (reached == "0/1")
     assert [float(r["generator_updates_mean"]) for r in rows] == [2, 10, 2]  # k=5: 10/5 cycles; one-stage: one each
 
     text = (out / "results.md").read_text()
@@ -150,7 +154,8 @@ def test_compare_writes_table_csv_plot_and_runs_file_with_one_line_per_scheme(ti
         assert len(cells) == len(MD_COLUMNS)
         assert MEAN_STD.match(cells[2]).group(1) == f"{float(row['student_final_acc_mean']):.2f}"
         assert MEAN_STD.match(cells[3])
-        assert all(TTA_CELL.match(c) for c in cells[-4:]), cells[-4:]
+        assert MEAN_STD.match(cells[4]).group(1) == f"{float(row['student_final_fidelity_mean']):.2f}"
+        assert all(TTA_CELL.match(c) for c in cells[-5:]), cells[-5:]
     assert "Warm-up excluded" in text and "Run order: two_stage_k5 s0, one_stage s0, slow_gen s0" in text
     assert f"Entries: `slow_gen` = `{VARIANT}`." in text  # what a label ran, beside the table
 
@@ -194,6 +199,9 @@ def test_time_to_accuracy_is_training_seconds_at_first_evaluation_reaching_targe
     assert time_to_accuracy(evals, 95.5) is None
     assert time_to_accuracy([], 10.0) is None
     assert FRACTIONS == (0.90, 0.95, 0.97, 0.99)
+    agreement = [{"train_s": 1.0, "fidelity_agree": 60.0}, {"train_s": 2.0, "fidelity_agree": 96.0}]
+    assert time_to_accuracy(agreement, 95.0, "fidelity_agree") == 2.0  # time-to-fidelity: the same rule
+    assert time_to_accuracy(agreement, 95.0) is None  # no test accuracy is no time-to-accuracy
 
 
 def test_parse_scheme_names():
@@ -239,6 +247,14 @@ def test_bad_override_in_an_entry_is_a_clear_error(entry, message, tmp_path):
     with pytest.raises(DfkdError, match=re.escape(message)):
         parse_args([f"schemes=[{entry}]"])
         run_config([], entry, 0, tmp_path)
+
+
+def test_a_comparison_without_labelled_data_is_refused(tmp_path):
+    from dfkd.comparison import compare
+
+    with pytest.raises(DfkdError, match=re.escape("dfkd compare measures test accuracy and data.dataset=none")):
+        compare(["data.dataset=none", f"out={tmp_path}"])
+    assert not list(tmp_path.iterdir())  # refused before any run
 
 
 def test_entries_that_would_share_a_run_folder_are_refused():

@@ -24,6 +24,7 @@ from dfkd.weights import create_model
 RECIPES = [r for r in available_recipes() if r != "default"]
 # Smaller than 224x224 so that the ImageNet recipe's wiring test stays a few seconds on a CPU.
 OVERRIDES = {"imagenet_resnet50_to_resnet18": ["data.image_size=64"]}
+CHEAP_FIDELITY = ["data.fidelity_images=16", "data.fidelity_steps=0"]  # a random teacher: no probe worth training
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,7 +81,7 @@ def test_recipe_wiring_two_cycles_and_an_eval_forward(recipe, tmp_path, monkeypa
     cfg = load_config([f"recipe={recipe}", *OVERRIDES.get(recipe, []), "batch_size=2", "k=1", "student_updates=2",
                        f"teacher.checkpoint={random_teacher}", "teacher.pretrained=false",
                        "teacher.train_if_missing=false", "teacher.allow_near_chance=true", f"out_dir={tmp_path}",
-                       "run_name=wiring", "log_every=1"])
+                       "run_name=wiring", "log_every=1", *CHEAP_FIDELITY])
     summary = dfkd.trainer.distill(cfg)
 
     assert summary["student_updates"] == 2
