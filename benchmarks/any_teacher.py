@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from step_cost import write_results  # noqa: E402
 
 import dfkd  # noqa: E402
-from dfkd.machine import machine_description  # noqa: E402
+from dfkd.machine import command_line, machine_description  # noqa: E402
 from dfkd.results import mean_std  # noqa: E402
 
 SIZE, MEAN, STD = 32, 0.3, 0.4
@@ -80,8 +78,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--runs", default="runs/any_teacher", help="where the run folders go")
     args = parser.parse_args()
-    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if os.environ.get("OMP_NUM_THREADS") else ""
-    command = f"{threads}python benchmarks/any_teacher.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line("benchmarks/any_teacher.py", sys.argv[1:])
     teacher = train_teacher()
     runs_dir = Path(args.runs).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ the student then forgets that class. Deterministic: the latent codes come from `
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -22,8 +21,9 @@ from safetensors.torch import load_file
 from dfkd.accuracy import evaluation_loader
 from dfkd.artifacts import read_run
 from dfkd.build import make_generator
-from dfkd.machine import machine_description
+from dfkd.machine import command_line, machine_description
 from dfkd.priors import class_perplexity
+from dfkd.results import print_and_write
 from dfkd.teacher import build_teacher
 from dfkd.weights import create_model
 
@@ -87,13 +87,8 @@ def main(argv: List[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = [coverage(run, args.samples, args.seed) for run in args.runs]
-    given = sys.argv[1:] if argv is None else argv
-    command = "python benchmarks/class_coverage.py " + " ".join(map(shlex.quote, given))
-    text = markdown(rows, command, machine_description(), args.samples)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
-    return 0
+    command = command_line("benchmarks/class_coverage.py", sys.argv[1:] if argv is None else argv)
+    return print_and_write(markdown(rows, command, machine_description(), args.samples), args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Dict, List
 from scipy.stats import spearmanr
 
 from dfkd.config import load_config
-from dfkd.machine import machine_description
+from dfkd.machine import command_line, machine_description
+from dfkd.results import print_and_write
 from dfkd.trainer import distill
 
 
@@ -71,13 +71,8 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the markdown table here (printed in any case)")
     args, overrides = parser.parse_known_args(argv)
     rows = [tracking(recipe, seed, overrides, args.runs) for recipe in args.recipes for seed in args.seeds]
-    given = sys.argv[1:] if argv is None else argv
-    text = markdown(rows, "python benchmarks/fidelity_tracking.py " + " ".join(map(shlex.quote, given)),
-                    machine_description())
-    if args.out:
-        args.out.write_text(text)
-    print(text)
-    return 0
+    command = command_line("benchmarks/fidelity_tracking.py", sys.argv[1:] if argv is None else argv)
+    return print_and_write(markdown(rows, command, machine_description()), args.out)
 
 
 if __name__ == "__main__":

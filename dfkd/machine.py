@@ -71,3 +71,12 @@ def pick_threads(print_fn: Callable[[str], None] = print) -> int:
     print_fn(f"dfkd: other jobs keep the CPUs busy (load average {load:.1f} over the last minute, {cpus} CPUs), so this "
              f"run uses {threads} CPU thread{'s' if threads > 1 else ''}, not {current}; set OMP_NUM_THREADS=N to choose")
     return threads
+
+
+def command_line(script: str, argv) -> str:
+    """The command that reproduces a benchmark's measurement: its thread setting (``THREAD_VARS`` set in the
+    environment), the script and its arguments, shell-quoted."""
+    import shlex
+
+    env = " ".join(f"{var}={os.environ[var]}" for var in THREAD_VARS if os.environ.get(var))
+    return " ".join(filter(None, [env, "python", script, *map(shlex.quote, argv)]))

@@ -171,3 +171,11 @@ def measured(record: Dict) -> Dict:
             "tta": {f: None if teacher_acc is None else time_to_accuracy(evaluations, f * teacher_acc)
                     for f in FRACTIONS},
             "ttf": {f: time_to_accuracy(evaluations, f * 100, "fidelity_agree") for f in FRACTIONS}}
+
+
+def print_and_write(text: str, out: Optional[Path] = None) -> int:
+    """A benchmark's markdown table: printed, and written to ``out`` if given; exit code 0."""
+    if out:
+        Path(out).write_text(text)
+    print(text)
+    return 0

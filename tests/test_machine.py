@@ -60,3 +60,14 @@ def test_pick_threads_keeps_a_count_set_in_the_environment(busy_two_core_machine
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     lines = []
     assert pick_threads(lines.append) == 2 and torch.get_num_threads() == 2 and not lines
+
+
+def test_a_benchmarks_command_line_carries_its_thread_setting(monkeypatch):
+    from dfkd.machine import command_line
+
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert command_line("benchmarks/x.py", ["--seeds", "0", "a b"]) == \
+        "OMP_NUM_THREADS=1 python benchmarks/x.py --seeds 0 'a b'"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert command_line("benchmarks/x.py", []) == "python benchmarks/x.py"
