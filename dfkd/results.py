@@ -112,22 +112,29 @@ budget {budget}, evaluation every {base.eval_every} student updates, {cfg.seeds}
 
 
 def plot_accuracy_vs_time(by_scheme: Dict[str, List[Dict]], teacher_acc: float, path: Path) -> List[Dict]:
-    """Test accuracy against training seconds (left) and against student updates (right), per scheme the mean
-    over seeds (evaluations matched by index), shaded min-max; the teacher as a horizontal line. Returns the
-    lines of the left panel as drawn: label, colour, x, y."""
+    """Test accuracy against training seconds (left) and against student updates (middle), and, where the runs
+    measured it, held-out fidelity against training seconds (right); per scheme the mean over seeds (evaluations
+    matched by index), shaded min-max; the teacher as a horizontal line. Returns the lines of the left panel as
+    drawn: label, colour, x, y."""
     from matplotlib.colors import to_hex
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
-    fig = Figure(figsize=(13, 4.5))
-    by_time, by_update = fig.subplots(1, 2)
+    fidelity = all("fidelity_agree" in e for runs in by_scheme.values() for r in runs for e in r["evaluations"])
+    fig = Figure(figsize=(19 if fidelity else 13, 4.5))
+    by_time, by_update, *agree = fig.subplots(1, 3 if fidelity else 2)
     for name, runs in by_scheme.items():
         n = min(len(r["evaluations"]) for r in runs)
-        accs = [[r["evaluations"][i]["test_acc"] for r in runs] for i in range(n)]
-        for ax, key in ((by_time, "train_s"), (by_update, "update")):
+        panels = [(by_time, "train_s", "test_acc"), (by_update, "update", "test_acc")]
+        for ax, key, measure in panels + [(agree[0], "train_s", "fidelity_agree")] * bool(agree):
+            ys = [[r["evaluations"][i][measure] for r in runs] for i in range(n)]
             x = [statistics.mean(r["evaluations"][i][key] for r in runs) for i in range(n)]
-            (line,) = ax.plot(x, [statistics.mean(a) for a in accs], marker="o", markersize=3, label=name)
-            ax.fill_between(x, [min(a) for a in accs], [max(a) for a in accs], color=line.get_color(), alpha=0.2,
-                            lw=0)
+            (line,) = ax.plot(x, [statistics.mean(a) for a in ys], marker="o", markersize=3, label=name)
+            ax.fill_between(x, [min(a) for a in ys], [max(a) for a in ys], color=line.get_color(), alpha=0.2, lw=0)
+    for ax in agree:  # no labels needed: the held-out generated images of dfkd/fidelity.py
+        ax.set_xlabel("training seconds (evaluation excluded)")
+        ax.set_ylabel("agreement with the teacher, held-out generated images (%)")
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
     for ax, label in ((by_time, "training seconds (evaluation excluded)"), (by_update, "student updates")):
         ax.axhline(teacher_acc, color="black", linestyle="--", linewidth=1, zorder=1,
                    label=f"teacher ({teacher_acc:.2f}%)")

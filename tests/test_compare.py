@@ -172,7 +172,7 @@ def test_compare_writes_table_csv_plot_and_runs_file_with_one_line_per_scheme(ti
     assert lines[3]["y"] == [teacher_acc, teacher_acc]
     # The PNG itself: decodes, and each scheme's line colour is drawn (line, markers, legend handle).
     image = matplotlib.image.imread(out / "accuracy_vs_time.png")[..., :3]
-    assert image.shape == (540, 1560, 3)  # two panels: against seconds, against updates
+    assert image.shape == (540, 2280, 3)  # three panels: accuracy against seconds and updates, fidelity
     for ln in lines[:3]:
         rgb = torch.tensor([int(ln["color"][i:i + 2], 16) / 255 for i in (1, 3, 5)])
         close = (torch.from_numpy(image) - rgb).abs().amax(-1) < 0.02
