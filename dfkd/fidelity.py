@@ -32,7 +32,7 @@ PROBE_SEED = 1234  # the probe generator's own seed: not the run's
 PROBE_BATCH = 64
 PROBE_BYTES = 64_000_000  # fewer images for large inputs: at most this many bytes of 8-bit pixels
 PROBE_NZ, PROBE_NGF, PROBE_LR = 128, 8, 3e-3
-PROBE_PRIORS = {"bn": None, "oh": 1.0, "ie": 1.0, "act": 0.0, "cmi": 0.0}  # bn null: on where it has BatchNorm
+PROBE_PRIORS = {"bn": None, "oh": 1.0, "ie": 1.0}  # the other PRIORS at their defaults (off); bn null: on with BatchNorm
 BATCH = 500  # images per forward when measuring
 
 
