@@ -105,12 +105,14 @@ def distill(teacher: Source, student: Source = "lenet5_half", recipe: str = "def
 
 
 def export(run_dir: Union[str, Path], formats: Sequence[str] = ("safetensors", "torchscript", "onnx"),
-           out: Union[str, Path, None] = None, which: str = "best", student: Optional[nn.Module] = None) -> Path:
+           out: Union[str, Path, None] = None, which: str = "best", student: Optional[nn.Module] = None,
+           calibration=None) -> Path:
     """A run's student as deployable files, each reloaded and parity-checked (``dfkd export``); returns the folder.
-    ``student``: the architecture, when the run's student was a module given to ``distill``."""
+    ``student``: the architecture, when the run's student was a module given to ``distill``; ``calibration``: a
+    ``dfkd.quantize.Calibration`` for the ``onnx_int8`` format (default: 512 generated images, MinMax, 97 % floor)."""
     from dfkd.artifacts import export as export_run
 
-    return export_run(run_dir, list(formats), out, which, student=student)
+    return export_run(run_dir, list(formats), out, which, student=student, calibration=calibration)
 
 
 def compare(*args: str) -> Path:

@@ -1,10 +1,11 @@
-"""A run's student as files people deploy: safetensors, TorchScript, ONNX, with its card ``student.json``.
+"""A run's student as files people deploy: safetensors, TorchScript, ONNX, int8 ONNX, with its card ``student.json``.
 
 ``student.safetensors`` is the bare timm model (normalise with the card's mean/std yourself);
-``student.torchscript.pt`` and ``student.onnx`` take RAW images — float32, NCHW, values in 0-1,
-already resized to the card's ``input_size`` — because normalization is inside them.
+``student.torchscript.pt``, ``student.onnx`` and ``student.int8.onnx`` take RAW images — float32, NCHW, values in
+0-1, already resized to the card's ``input_size`` — because normalization is inside them (dfkd/formats.py).
 Every file is reloaded and checked against the in-memory student on real test images in a
-temporary directory; only when all checks pass are the files moved into DIR.
+temporary directory; only when all checks pass are the files moved into DIR. ``student.int8.onnx`` (format
+``onnx_int8``, dfkd/quantize.py) is checked on its top-1 agreement with the fp32 ONNX student instead.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import copy
 import json
 import os
 import tempfile
-import warnings
 from importlib.metadata import version
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -22,93 +22,22 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from dfkd.accuracy import Predict, real_batches
+from dfkd.accuracy import real_batches
 from dfkd.checkpoint import complete_checkpoints, config_differences
 from dfkd.contract import resolve
 from dfkd.errors import DfkdError
-from dfkd.models.normalize import Normalize
+from dfkd.formats import FILES, OPSET, RawImageModel, reload, student_module, write  # FILES, reload: imported from here too
+from dfkd.quantize import INT8, INT8_FILE, Calibration, export_int8, quantization_tools
 from dfkd.schema import Config
-from dfkd.teacher import model_from
-from dfkd.weights import create_model, load_weights, save_weights
+from dfkd.weights import create_model, load_weights
 
-FILES = {"safetensors": "student.safetensors", "torchscript": "student.torchscript.pt", "onnx": "student.onnx"}
-OPSET = 17  # every onnxruntime since 1.14 runs it; a CNN classifier needs no newer operator
 ATOL, RTOL = 1e-4, 1e-4  # logits parity, as torch.allclose: |exported - eager| <= ATOL + RTOL * |eager|
 PARITY_IMAGES = 256  # real test images each exported file is checked on
-SUFFIXES = {Path(file).suffix: fmt for fmt, file in FILES.items()}
 MEASURES = ("student_final_acc", "student_best_acc", "student_final_real_agree", "student_best_real_agree",
             "student_final_fidelity", "student_best_fidelity")  # of summary.json, what the card repeats
 RUN_FILES = ("config.yaml", "summary.json", "checkpoints")  # what a dfkd run directory holds: never exported into
 CARD_KEYS = ("architecture", "num_classes", "input_size", "mean", "std", "params", "data.dataset", "teacher.name",
              "teacher.checkpoint", "teacher.pretrained", "teacher.params")  # of student.json, what dfkd evaluate reads
-
-
-class RawImageModel(nn.Module):
-    """Raw 0-1 images in, logits out: the deployable artifact carries its own normalization."""
-
-    def __init__(self, model: nn.Module, mean, std):
-        super().__init__()
-        self.normalize = Normalize(mean, std)
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(self.normalize(images))
-
-
-def load_timm(arch: Dict, file: Path) -> nn.Module:
-    """The card's documented call. ``num_classes`` in the overlay too: else timm drops a classifier whose
-    size differs from the architecture's default pretrained_cfg (e.g. 100 CIFAR-100 classes vs 10)."""
-    n, chans = arch["num_classes"], arch["input_size"][0]
-    return timm.create_model(arch["architecture"], num_classes=n, in_chans=chans, pretrained=True,
-                             pretrained_cfg_overlay=dict(file=str(file), num_classes=n)).eval()
-
-
-def write(fmt: str, model: RawImageModel, example: torch.Tensor, path: Path) -> None:
-    """Save ``model`` as ``fmt``: the bare timm weights, or the raw-image module traced / exported."""
-    if fmt == "safetensors":
-        save_weights(model.model, path)
-    with warnings.catch_warnings():  # torch.jit is deprecated upstream, yet what C++/mobile loaders read;
-        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))  # dynamo ONNX needs onnxscript
-        if fmt == "torchscript":
-            torch.jit.save(torch.jit.trace(model, example), str(path))
-        if fmt == "onnx":
-            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=OPSET,
-                              input_names=["images"], output_names=["logits"],
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-
-
-def reload(fmt: str, path: Path, arch: Dict, model: Optional[nn.Module] = None) -> Predict:
-    """An exported file loaded back as a user would: through timm, torch.jit.load, or onnxruntime."""
-    try:
-        return _reload(fmt, path, arch, model)
-    except Exception as err:  # truncated or corrupt file, or not this format
-        raise DfkdError(f"cannot load '{path}' as {fmt} ({type(err).__name__}: "
-                        f"{(str(err).splitlines() or [''])[0][:160]}); re-export it with dfkd export RUN_DIR") from err
-
-
-def _reload(fmt: str, path: Path, arch: Dict, given: Optional[nn.Module] = None) -> Predict:
-    if fmt == "onnx":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()  # the same threads as the torch formats
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-    if fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            model = torch.jit.load(str(path), map_location="cpu").eval()
-    elif arch["architecture"] and timm.is_model(arch["architecture"]):
-        model = RawImageModel(load_timm(arch, path), arch["mean"], arch["std"]).eval()
-    else:  # a model of the user's code: its class, then the weights
-        bare = student_module(arch, copy.deepcopy(given) if given is not None else None)
-        load_weights(bare, str(path), what="student")
-        model = RawImageModel(bare.eval(), arch["mean"], arch["std"]).eval()
-
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(x)
-    return predict
 
 
 def read_run(run_dir: Path) -> Tuple[Config, Dict]:
@@ -143,9 +72,11 @@ def load_run_config(cfg_file: Path) -> Config:
         raise DfkdError(f"{cfg_file} does not fit this dfkd's config schema: {str(err).splitlines()[0]}") from err
 
 
-def make_card(run_dir: Path, which: str = "best", weights: Optional[Path] = None) -> Dict:
-    """student.json: what the student is, how to feed it, and how it compares with its teacher."""
-    cfg, summary = read_run(run_dir)
+def make_card(run_dir: Path, which: str = "best", weights: Optional[Path] = None,
+              run: Optional[Tuple[Config, Dict]] = None) -> Dict:
+    """student.json: what the student is, how to feed it, and how it compares with its teacher. ``run``: what
+    ``read_run(run_dir)`` returns, when the caller has read it already."""
+    cfg, summary = run or read_run(run_dir)
     weights = weights or run_dir / ("student_best.safetensors" if which == "best" else "student.safetensors")
     if not weights.is_file():
         other = "final" if which == "best" else "best"
@@ -199,13 +130,6 @@ def check_parity(fmt: str, expected: torch.Tensor, got: torch.Tensor) -> Dict:
             "top1_agreement": float((got.argmax(1) == expected.argmax(1)).float().mean())}
 
 
-def student_module(card: Dict, given: Optional[nn.Module] = None) -> nn.Module:
-    """The student's architecture from its card (weights aside); ``given``: the module, for a student that was a
-    module given to dfkd.distill."""
-    return model_from(card["architecture"], card["num_classes"], card["input_size"][0], card.get("student_kwargs", {}),
-                      "student", given)
-
-
 def parity_images(card: Dict) -> torch.Tensor:
     """Real test images to check exported files on, or, when the run had none that can be reloaded here (a Dataset
     given to the Python API, or no real data), uniform 0-1 images of the input shape from a fixed seed: logits must
@@ -215,14 +139,20 @@ def parity_images(card: Dict) -> torch.Tensor:
     return torch.cat([x for x, _ in real_batches(card, PARITY_IMAGES)])
 
 
-def export(run_dir, formats: List[str], out=None, which: str = "best", student: Optional[nn.Module] = None) -> Path:
+def export(run_dir, formats: List[str], out=None, which: str = "best", student: Optional[nn.Module] = None,
+           calibration: Optional[Calibration] = None) -> Path:
     """Write the student in ``formats`` plus student.json into ``out`` (default RUN_DIR/export), all or nothing.
-    ``student``: the architecture, when the run's student was a module given to dfkd.distill."""
-    bad = [f for f in formats if f not in FILES] or ([] if formats else ["(none)"])
+    ``student``: the architecture, when the run's student was a module given to dfkd.distill; ``calibration``:
+    how ``onnx_int8`` is calibrated and when it is refused (default: ``Calibration()``)."""
+    bad = [f for f in formats if f not in FILES and f != INT8] or ([] if formats else ["(none)"])
     if bad:
-        raise DfkdError(f"cannot export format '{bad[0]}'; choose from {', '.join(FILES)} (comma-separated)")
+        raise DfkdError(f"cannot export format '{bad[0]}'; choose from {', '.join([*FILES, INT8])} (comma-separated)")
+    if INT8 in formats:  # before any work: a bad option or a missing tool is one line, and nothing written
+        calibration = (calibration or Calibration()).check()
+        quantization_tools()
     run_dir = Path(run_dir).expanduser()
-    card = make_card(run_dir, which)
+    run = read_run(run_dir)
+    card = make_card(run_dir, which, run=run)
     out = Path(out).expanduser() if out else run_dir / "export"
     with partial_folder(out) as tmp:
         model = student_module(card, copy.deepcopy(student) if student is not None else None)
@@ -232,7 +162,7 @@ def export(run_dir, formats: List[str], out=None, which: str = "best", student: 
         with torch.no_grad():
             expected = reference(images)
         card["opset"], card["parity"], card["files"] = OPSET, {}, {}
-        for fmt in formats:
+        for fmt in [f for f in formats if f in FILES]:
             path = Path(tmp) / FILES[fmt]
             try:
                 write(fmt, reference, images[:2], path)
@@ -242,6 +172,9 @@ def export(run_dir, formats: List[str], out=None, which: str = "best", student: 
                                 f"{(str(err).splitlines() or [''])[0][:200]}") from err
             card["parity"][fmt] = check_parity(fmt, expected, got)
             card["files"][fmt] = FILES[fmt]
+        if INT8 in formats:
+            card["int8"] = export_int8(Path(tmp), reference, images[:2], card, run[0], calibration)
+            card["files"][INT8] = INT8_FILE
         (Path(tmp) / "student.json").write_text(json.dumps(card, indent=2) + "\n")
         out.mkdir(parents=True, exist_ok=True)
         for file in Path(tmp).iterdir():  # everything passed: move into place

@@ -30,7 +30,7 @@ from dfkd.models import Generator
 from dfkd.pool import SamplePool, make_pool
 from dfkd.priors import PRIORS, Priors, decide, prior_weights, reads_of
 from dfkd.schema import Config
-from dfkd.schemes import LatentCodes, Parts, pool_intake, scheme_label
+from dfkd.schemes import DATA_FREE, LatentCodes, Parts, RealImages, pool_intake, scheme_label
 from dfkd.teacher import build_student, build_teacher, teacher_source
 
 
@@ -131,7 +131,8 @@ def make_parts(cfg: Config, teacher: nn.Module, student: nn.Module, generator: n
     student, generator, opt_s, opt_g = accelerator.prepare(student, generator, opt_s, opt_g)
     local_batch = cfg.batch_size // accelerator.num_processes  # batch_size is the global batch
     sample_z = LatentCodes(local_batch, cfg.generator.nz, accelerator.device, cfg.seed * 1000 + accelerator.process_index)
-    if pool is None:  # the pool keeps the teacher's pre-logits too when a prior draws them from it (None: size 0)
+    data_free = cfg.scheme in DATA_FREE
+    if pool is None and data_free:  # the pool keeps the teacher's pre-logits too when a prior draws them from it
         reads_pool = "pool" in reads_of(prior_weights(cfg.priors, teacher))
         pool = make_pool(cfg, accelerator.device, accelerator.process_index,
                          feature_dim=pre_logits_size(teacher) if reads_pool else 0)
@@ -146,7 +147,19 @@ def make_parts(cfg: Config, teacher: nn.Module, student: nn.Module, generator: n
         student_taps=Taps(bare(accelerator, student), "student", stages) if stages else None,
         generator_ema=ModelEMA(bare(accelerator, generator), cfg.generator.ema, train_mode=True)
         if cfg.generator.ema else None, ema_mix=cfg.generator.ema_mix,
-        student_ema=ModelEMA(bare(accelerator, student), cfg.student.ema) if cfg.student.ema else None)
+        student_ema=ModelEMA(bare(accelerator, student), cfg.student.ema) if cfg.student.ema else None,
+        real=None if data_free else real_images(cfg, local_batch, accelerator))
+
+
+def real_images(cfg: Config, batch: int, accelerator: Accelerator) -> RealImages:
+    """scheme=real_data's images: the real training split of ``data.dataset``, as the teacher takes them."""
+    from dfkd.data import LOADERS, tensor_dataset
+
+    if cfg.data.dataset not in LOADERS:
+        raise DfkdError(f"scheme=real_data trains on a real training split, and data.dataset={cfg.data.dataset} has "
+                        f"none dfkd loads: use one of {', '.join(sorted(LOADERS))}")
+    images = tensor_dataset(cfg.data, train=True).tensors[0]
+    return RealImages(images, batch, accelerator.device, cfg.seed * 1000 + accelerator.process_index + 11)
 
 
 def build(cfg: Config, teacher: Optional[nn.Module] = None, student: Optional[nn.Module] = None,

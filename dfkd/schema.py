@@ -34,8 +34,8 @@ class Choice(str, Enum):
 
 
 Optimizer = Choice("Optimizer", {"sgd": "sgd", "adam": "adam"})
-Dataset = Choice("Dataset", {n: n for n in ("mnist", "digits", "cifar10", "cifar100", "imagefolder", "given",
-                                            "unlabelled", "none")})
+Dataset = Choice("Dataset", {n: n for n in ("mnist", "fashion_mnist", "digits", "cifar10", "cifar100", "imagefolder",
+                                            "given", "unlabelled", "none")})
 Interpolation = Choice("Interpolation", {n: n for n in ("bilinear", "bicubic", "nearest")})
 LrSchedule = Choice("LrSchedule", {n: n for n in ("cosine", "step", "constant")})
 MixedPrecision = Choice("MixedPrecision", {n: n for n in ("no", "bf16", "fp16")})
@@ -164,7 +164,8 @@ class Config:
     recipe: str = key("default", "recipes/NAME.yaml, or a path to a YAML file")
     method: Optional[str] = key(None, "a method preset of dfkd/methods.py (dfad, dafl, zskt, dfq, cmi, mad): its "
                                       "loss keys over the recipe's; null: the recipe as it is")
-    scheme: str = key("one_stage", "update schedule, dfkd/schemes.py: two_stage, one_stage or hybrid")
+    scheme: str = key("one_stage", "update schedule, dfkd/schemes.py: two_stage, one_stage, hybrid; real_data: KD on the "
+                                   "real training split, not data-free (the upper bound)")
     k: int = key(5, "student updates per generator update (two_stage, hybrid)")
     loss: str = key("l1", "adversarial loss, dfkd/losses.py ADVERSARIAL")
     adversarial: float = key(1.0, "weight of the adversarial term in the generator's loss; 0: the generator "

@@ -1,7 +1,8 @@
 """Step policies: how student and generator updates are scheduled. One function each.
 
 ``two_stage(k)`` is DFAD's alternating baseline, ``one_stage`` the joint OSGAN update and
-``hybrid(k)`` mixes them: k-1 cheap student-only steps, then one joint step. Each call runs
+``hybrid(k)`` mixes them: k-1 cheap student-only steps, then one joint step. ``real_data`` is not
+data-free: plain KD on the real training split, the upper bound a data-free run is judged by. Each call runs
 one cycle and returns (student updates made, metrics of its last steps); ``skipped`` counts the
 cycle's updates skipped by the fp16 loss scaler (inf/NaN gradients).
 """
@@ -11,6 +12,7 @@ import inspect
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
@@ -42,6 +44,40 @@ class LatentCodes:
         self.rng.set_state(state)
 
 
+class RealImages:
+    """Batches of a real training split (teacher inputs, on the device), drawn uniformly with their own RNG, and
+    the teacher's logits of each image once computed: the teacher is frozen, so they never change."""
+
+    def __init__(self, images: torch.Tensor, batch: int, device: torch.device, seed: int):
+        self.images, self.batch = images.to(device), batch
+        self.logits: Optional[torch.Tensor] = None  # (images, classes) once the first batch is seen
+        self.known = torch.zeros(len(images), dtype=torch.bool, device=device)
+        self.rng = torch.Generator(device).manual_seed(seed)
+
+    def __call__(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(self.images), (self.batch,), generator=self.rng, device=self.images.device)
+        return self.images[idx], idx
+
+    @torch.no_grad()
+    def teacher_logits(self, teacher: Callable[[torch.Tensor], TeacherOutput], x: torch.Tensor,
+                       idx: torch.Tensor) -> TeacherOutput:
+        """The teacher's logits for images ``idx`` (``x``): computed only for those not seen before."""
+        new = ~self.known[idx]
+        if new.any():
+            logits = teacher(x[new]).logits.float()
+            if self.logits is None:
+                self.logits = torch.empty(len(self.images), logits.shape[1], device=logits.device)
+            self.logits[idx[new]] = logits
+            self.known[idx[new]] = True
+        return TeacherOutput(self.logits[idx])
+
+    def state_dict(self) -> torch.Tensor:
+        return self.rng.get_state()  # the cached logits are recomputed on demand after a resume
+
+    def load_state_dict(self, state: torch.Tensor) -> None:
+        self.rng.set_state(state)
+
+
 @dataclass(kw_only=True)
 class Parts:
     """Everything a step touches, made by ``dfkd.build.make_parts``. ``sample_z()`` draws fresh latent codes."""
@@ -66,12 +102,13 @@ class Parts:
     generator_ema: Optional[ModelEMA] = None  # MAD: a weight-averaged generator ...
     ema_mix: float = 0.5  # ... making this fraction of every generated student batch
     student_ema: Optional[ModelEMA] = None  # the weight-averaged student, evaluated, kept and exported
+    real: Optional[RealImages] = None  # scheme=real_data's real training images (not data-free)
 
     def extras(self) -> Dict[str, Any]:
         """The state a checkpoint keeps besides weights and optimizers, by name, where switched on: the latent
         codes' RNG, the replay pool and the two weight averages (each with state_dict / load_state_dict)."""
         named = {"z_rng": self.sample_z, "pool": self.pool, "ema": self.student_ema,
-                 "generator_ema": self.generator_ema}
+                 "generator_ema": self.generator_ema, "real_rng": self.real}
         return {name: part for name, part in named.items() if hasattr(part, "state_dict")}
 
     def extras_state(self) -> Dict[str, Any]:
@@ -191,7 +228,24 @@ def hybrid(parts: Parts, k: int) -> Tuple[int, Dict[str, torch.Tensor]]:
     return replay(parts, k, metrics)
 
 
-SCHEMES = {"two_stage": two_stage, "one_stage": one_stage, "hybrid": hybrid}
+def real_data(parts: Parts, k: int = 1) -> Tuple[int, Dict[str, torch.Tensor]]:
+    """Not data-free: one student update on a batch of the real training split, with the same loss, optimizer,
+    schedule and weight average as the data-free schemes (no generator, no pool; k is ignored)."""
+    x, idx = parts.real()
+    observe = partial(parts.priors.observe, parts.teacher)
+    if parts.student_taps is not None:  # attention transfer needs the teacher's stage outputs of this batch
+        with torch.no_grad():
+            out = observe(x)
+    else:
+        out = parts.real.teacher_logits(observe, x, idx)
+    loss = full(discrepancy(parts, x, out)).mean()
+    parts.opt_s.zero_grad(set_to_none=True)
+    parts.accelerator.backward(loss)
+    return 1, {"loss_s": loss.detach(), "skipped": step_together(parts.accelerator, parts.opt_s)}
+
+
+SCHEMES = {"two_stage": two_stage, "one_stage": one_stage, "hybrid": hybrid, "real_data": real_data}
+DATA_FREE = ("two_stage", "one_stage", "hybrid")  # the schemes with a generator (and a replay pool, if asked)
 
 
 def schemes_with_k() -> Dict[str, bool]:
@@ -222,7 +276,7 @@ def parse_scheme(name: str) -> Tuple[str, int]:
 def cycle_updates(cfg) -> int:
     """Student updates in one cycle of ``cfg``'s scheme: k (1 for one_stage), plus the pool steps."""
     k = cfg.k if schemes_with_k()[cfg.scheme] else 1
-    return k + (cfg.pool.steps if cfg.pool.size else 0)
+    return k + (cfg.pool.steps if cfg.pool.size and cfg.scheme in DATA_FREE else 0)
 
 
 def pool_intake(cfg, batch: int) -> int:

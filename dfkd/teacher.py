@@ -55,7 +55,8 @@ def build_teacher(cfg, model: Optional[nn.Module] = None) -> nn.Module:
               f"(same as: python teachers/train.py model={t.name} dataset={cfg.data.dataset} "
               f"epochs={t.train_epochs} out={t.checkpoint})", flush=True)
         with torch.random.fork_rng():  # the distillation that follows starts from the same RNG state either way
-            train_teacher(t.name, cfg.data, epochs=t.train_epochs, out=t.checkpoint, seed=cfg.seed)
+            train_teacher(t.name, cfg.data, epochs=t.train_epochs, out=t.checkpoint, seed=cfg.seed,
+                          model_args=t.kwargs)
     model = create_model(t.name, cfg.data.num_classes, pretrained=t.pretrained, in_chans=cfg.data.channels,
                          **t.kwargs)
     if t.checkpoint:
@@ -141,7 +142,7 @@ def teacher_data(data, batch_size: int, seed: int) -> Tuple[DataLoader, DataLoad
 
 def train_teacher(name: str, data, epochs: int, out: str, seed: int = 0, lr: float = 0.1,
                   batch_size: int = 128, weight_decay: float = 5e-4, schedule: str = "cosine",
-                  max_steps: int = 0) -> Dict:
+                  max_steps: int = 0, model_args: Optional[Dict] = None) -> Dict:
     """Train ``name`` on the real training split of ``data.dataset`` and write safetensors weights + JSON card.
 
     ``data`` is a resolved contract (``dfkd.contract.resolve``): input size, channels, mean/std, classes.
@@ -149,13 +150,15 @@ def train_teacher(name: str, data, epochs: int, out: str, seed: int = 0, lr: flo
     SGD (Nesterov momentum 0.9); ``schedule`` is ``cosine`` (one-cycle: 15 % warm-up, cosine decay) or
     ``multistep`` (x0.1 at 40 % and 80 % of the steps, DFAD's StepLR(80) over 200 epochs); random-crop
     augmentation (and flips, on CIFAR and ImageFolder). ``max_steps`` > 0 stops early (smoke tests).
+    ``model_args``: constructor keywords (e.g. a ViT's ``patch_size``), written into the card as ``model_args``.
     """
     from dfkd.accuracy import accuracy  # late: accuracy imports data, which this module's callers may not need
 
     if schedule not in ("cosine", "multistep"):
         raise DfkdError(f"schedule '{schedule}' is not cosine or multistep")
     torch.manual_seed(seed)
-    model = create_model(name, data.num_classes, in_chans=data.channels)
+    model_args = dict(model_args or {})
+    model = create_model(name, data.num_classes, in_chans=data.channels, **model_args)
     train, test, augment = teacher_data(data, batch_size, seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     steps = epochs * len(train) if max_steps <= 0 else min(max_steps, epochs * len(train))
@@ -189,6 +192,7 @@ def train_teacher(name: str, data, epochs: int, out: str, seed: int = 0, lr: flo
     card = {"architecture": name, "num_classes": data.num_classes, "dataset": data.dataset,
             "mean": list(data.mean), "std": list(data.std), "input_size": [data.channels, data.image_size, data.image_size],
             "interpolation": data.interpolation, "crop_pct": data.crop_pct,
+            **({"model_args": model_args} if model_args else {}),
             "test_accuracy": round(acc, 2), "epochs": epochs, "steps": step, "schedule": schedule, "lr": lr,
             "batch_size": batch_size, "weight_decay": weight_decay, "seed": seed,
             "train_seconds": round(time.time() - start, 1), "command": " ".join(["python"] + sys.argv)}

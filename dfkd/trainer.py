@@ -4,12 +4,10 @@
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Dict
 
 import torch
@@ -23,6 +21,7 @@ from dfkd.checkpoint import restore, save_checkpoint, trim_metrics
 from dfkd.contract import teacher_label
 from dfkd.errors import DfkdError
 from dfkd.fidelity import better, fidelity, summary_measures
+from dfkd.samples import save_samples
 from dfkd.schema import Config
 from dfkd.schemes import SCHEMES
 from dfkd.weights import save_weights
@@ -197,20 +196,6 @@ def checkpoint(run: Run, state: RunState, last_good):
                            run.cfg.keep_checkpoints)
 
 
-def save_samples(generator: nn.Module, cfg: Config, path: Path) -> None:
-    """What the generator draws: a grid of images from fixed codes, in pixels (the teacher's mean/std undone).
-    Drawn by a copy in train mode, as in training, so the generator's BatchNorm statistics stay untouched."""
-    from torchvision.utils import save_image
-
-    n = 64 if cfg.data.image_size <= 64 else 16
-    g = copy.deepcopy(generator).float().train()
-    z = torch.randn(n, cfg.generator.nz, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        x = g(z.to(next(g.parameters()).device)).cpu()
-    mean, std = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in (cfg.data.mean, cfg.data.std))
-    save_image((x * std + mean).clamp(0, 1), path, nrow=8, padding=1)
-
-
 def finish(run: Run, state: RunState, log: MetricsLog) -> Dict:
     """Final weights, samples.png, summary.json and (export=true) the exported student."""
     cfg, accelerator, run_dir = run.cfg, run.accelerator, run.run_dir
@@ -230,7 +215,8 @@ def finish(run: Run, state: RunState, log: MetricsLog) -> Dict:
     if accelerator.is_main_process:
         save_weights(kept_student(run), run_dir / "student.safetensors")
         save_weights(bare(run.accelerator, run.parts.generator), run_dir / "generator.safetensors")
-        save_samples(bare(run.accelerator, run.parts.generator), cfg, run_dir / "samples.png")
+        save_samples(bare(run.accelerator, run.parts.generator), bare(run.accelerator, run.parts.teacher), cfg,
+                     run_dir / "samples.png")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.export:  # as `dfkd export RUN_DIR`: every format, parity-checked, into run_dir/export
             from dfkd.artifacts import FILES, export

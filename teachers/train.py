@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,6 +42,7 @@ class TeacherTraining:
     """The options of teachers/train.py, given as ``key=value`` (``--help`` lists them with their defaults)."""
 
     model: str = key("lenet5", "a timm model name (dfkd's zoo included)")
+    model_args: Dict[str, Any] = key({}, "constructor keywords, e.g. model_args.patch_size=4 (kept in the card)")
     dataset: Dataset = key(Dataset.mnist, "the labelled dataset to train on (data.dataset follows it)")
     epochs: int = key(4, "passes over the training split")
     lr: float = key(0.1, "peak SGD learning rate")
@@ -80,7 +81,7 @@ def train(argv: List[str]) -> None:
     out = options.out or f"~/.cache/dfkd/teachers/{options.model}_{options.dataset}.safetensors"
     train_teacher(options.model, cfg.data, epochs=options.epochs, out=out, seed=options.seed, lr=options.lr,
                   batch_size=options.batch_size, weight_decay=options.weight_decay, schedule=options.schedule.value,
-                  max_steps=options.max_steps)
+                  max_steps=options.max_steps, model_args=options.model_args)
 
 
 def main(argv: List[str]) -> int:

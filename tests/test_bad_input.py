@@ -40,8 +40,9 @@ def make_files(tmp: Path) -> dict:
     if TEACHER.is_file():
         data = TEACHER.read_bytes()
         (tmp / "truncated.safetensors").write_bytes(data[: len(data) // 2])
-    for name in ("lenet5_half", "wrn_16_1"):  # weights of another architecture; a CIFAR net with BatchNorm
-        other = create_model(name, 10)
+    # weights of another architecture; a CIFAR net with BatchNorm; a grey ViT of 16-pixel patches (no 28x28 input)
+    for name, chans in (("lenet5_half", 1), ("wrn_16_1", 3), ("test_vit2", 1)):
+        other = create_model(name, 10, in_chans=chans)
         save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp / f"{name}.safetensors"))
     torch.save({"conv1.weight": torch.zeros(1), "payload": WritesAFile(str(tmp / "pwned"))}, tmp / "pickled.pt")
     (tmp / "a_file").write_text("not a directory\n")
@@ -81,7 +82,8 @@ CASES = {
     "negative checkpoint_every": (["checkpoint_every=-5"], "checkpoint_every must be >= 0"),
     "EMA decay of 1": (["student.ema=1"], "student.ema must be in [0, 1) (0: off), got 1.0"),
     "class-count mismatch": (["data.num_classes=100"], "has 10 classes, lenet5 was built with 100"),
-    "input size mismatch": (["data.image_size=28"], "teacher lenet5 cannot take generated images of shape (1, 28, 28)"),
+    "input size mismatch": (["teacher.name=test_vit2", "teacher.checkpoint={TMP}/test_vit2.safetensors",
+                             "data.image_size=28"], "teacher test_vit2 cannot take generated images of shape (1, 28, 28)"),
     "channel mismatch": (["data.channels=3"], "takes 1-channel images, lenet5 was built for 3: set data.channels=1"),
     "teacher near chance (wrong mean/std)": (["data.mean=[0.5]", "data.std=[1000]"], "near chance"),
     "infinite value": (["student.lr=inf"], "student.lr must be a finite number, got inf"),
@@ -105,7 +107,11 @@ CASES = {
         ["data.dataset=none", "teacher.name=dfkd.models.lenet:LeNet5", "teacher.checkpoint=null"],
         "the teacher's input is unknown (data.image_size, data.mean, data.std)"),
     "student input mismatch": (["student.name=vit_tiny_patch16_224"],
-                               "student vit_tiny_patch16_224 cannot take generated images of shape (1, 32, 32)"),
+                               "student vit_tiny_patch16_224 cannot take 1x32x32 input ("),
+    "student that cannot take the teacher's 28x28 input": (  # the zoo's students that do, all of them here
+        ["student.name=test_vit", "data.image_size=28"],
+        "students that fit: lenet5, lenet5_half, lenet5_wide, mobilenetv2_cifar, resnet18_cifar, resnet34_cifar, "
+        "resnet50_cifar, vgg11_bn_cifar, vgg13_bn_cifar, wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2"),
     "per-sample loss with a BatchNorm student": (["teacher.name=wrn_16_1", "teacher.checkpoint={TMP}/wrn_16_1.safetensors",
                                                    "student.name=wrn_16_1", "data.channels=3", "loss=l1_log_sample"],
                                                   "wrn_16_1 has train-mode BatchNorm"),

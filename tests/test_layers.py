@@ -14,7 +14,7 @@ LAYERS = {  # module (dfkd.NAME; dfkd.models.* are core) -> layer
     **dict.fromkeys(["features", "losses", "priors", "onestage", "schemes", "pool", "ema", "methods", "machine",
                      "models"], 1),
     **dict.fromkeys(["schema", "config", "card", "contract", "weights", "sources", "data", "offline", "accuracy", "checks",
-                     "teacher", "build", "trainer", "checkpoint", "artifacts", "fidelity"], 2),
+                     "teacher", "build", "trainer", "samples", "checkpoint", "formats", "quantize", "artifacts", "fidelity"], 2),
     **dict.fromkeys(["__init__", "api", "comparison", "results"], 3),  # the public functions: dfkd.distill, ...
     **dict.fromkeys(["cli", "commands", "distill", "evaluate"], 4),  # argument parsing and printing
 }

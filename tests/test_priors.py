@@ -72,3 +72,13 @@ def test_a_new_prior_is_one_entry_of_the_table():
                           timeout=300)
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "OK" and "priors.toy" in done.stdout, (
         done.stdout[-2000:] + done.stderr[-2000:])
+
+
+def test_total_variation_is_zero_on_flat_images_and_grows_with_high_frequencies():
+    from dfkd.priors import total_variation
+
+    flat = torch.full((2, 1, 8, 8), 0.7)
+    stripes = torch.arange(8.0).remainder(2).view(1, 1, 1, 8).expand(2, 1, 8, 8)  # 0, 1, 0, 1 across
+    assert total_variation(flat) == 0
+    assert abs(total_variation(stripes) - 1.0) < 1e-6, "every horizontal neighbour differs by 1, no vertical one"
+    assert PRIORS["tv"].default == 0.0, "off unless asked: the default recipe's images are unchanged"

@@ -48,7 +48,9 @@ SCHEMES = {"one_stage": ["scheme=one_stage"], "two_stage k=5": ["scheme=two_stag
            "two_stage k=5, MAD generator EMA, attention transfer": ["scheme=two_stage", "k=5", "method=mad",
                                                                     "features.at=10"],
            "hybrid k=4, CMI with its pool": ["scheme=hybrid", "k=4", "method=cmi", "pool.size=64", "pool.steps=1",
-                                             "pool.fresh=0.25"]}
+                                             "pool.fresh=0.25"],
+           # not data-free: batches of the real training split, drawn by an RNG the checkpoint carries
+           "real_data": ["scheme=real_data"]}
 
 
 def run(args: list, out: Path) -> Path:

@@ -119,7 +119,7 @@ FEATURES = {
     "vgg11_bn_cifar": ([64, 128, 256, 512, 512], [1, 2, 4, 8, 8]),
     "vgg13_bn_cifar": ([64, 128, 256, 512, 512], [1, 2, 4, 8, 8]),
     "mobilenetv2_cifar": ([16, 24, 32, 96, 320], [1, 1, 2, 4, 8]),  # timm's mobilenetv2_100 taps, stem stride 1
-    "lenet5": ([6, 16, 120], [1, 2, 4]), "lenet5_half": ([3, 8, 60], [1, 2, 4]),
+    "lenet5": ([6, 16, 120], [1, 2, 4]), "lenet5_half": ([3, 8, 60], [1, 2, 4]), "lenet5_wide": ([27, 72, 540], [1, 2, 4]),
 }
 LENET_SIZES = [28, 10, 1]  # LeNet's unpadded 5x5 convs shrink its maps beyond the stride
 FAMILIES = ["resnet18_cifar", "wrn_16_1", "vgg11_bn_cifar", "mobilenetv2_cifar", "lenet5"]
