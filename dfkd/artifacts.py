@@ -27,7 +27,7 @@ from dfkd.checkpoint import complete_checkpoints, config_differences
 from dfkd.contract import resolve
 from dfkd.errors import DfkdError
 from dfkd.formats import FILES, OPSET, RawImageModel, reload, student_module, write  # FILES, reload: imported from here too
-from dfkd.quantize import INT8, INT8_FILE, Calibration, export_int8, quantization_tools
+from dfkd.quantize import INT8, INT8_FILE, Calibration, export_int8, has_quantization, quantization_tools
 from dfkd.schema import Config
 from dfkd.weights import create_model, load_weights
 
@@ -137,6 +137,12 @@ def parity_images(card: Dict) -> torch.Tensor:
     if card["data"]["dataset"] in ("given", "none"):
         return torch.rand(PARITY_IMAGES, *card["input_size"], generator=torch.Generator().manual_seed(0))
     return torch.cat([x for x, _ in real_batches(card, PARITY_IMAGES)])
+
+
+def default_formats() -> List[str]:
+    """What ``dfkd export RUN_DIR`` and ``export=true`` write: every fp32 format, and int8 where onnxruntime has
+    its quantization tools."""
+    return [*FILES, *[INT8] * has_quantization()]
 
 
 def export(run_dir, formats: List[str], out=None, which: str = "best", student: Optional[nn.Module] = None,

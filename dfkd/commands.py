@@ -19,13 +19,13 @@ from typing import List
 
 from omegaconf import OmegaConf
 
-from dfkd.artifacts import FILES, export
+from dfkd.artifacts import FILES, default_formats, export
 from dfkd.checkpoint import flat
 from dfkd.cli import key_listing
 from dfkd.config import available_recipes, load_config
 from dfkd.errors import one_line_errors
 from dfkd.machine import pick_threads
-from dfkd.quantize import INT8, METHODS, SOURCES, Calibration, has_quantization
+from dfkd.quantize import INT8, METHODS, SOURCES, Calibration
 from dfkd.schema import Config
 
 
@@ -80,7 +80,7 @@ def export_command(argv: List[str]) -> int:
                         help=f"refuse {INT8} below this %% top-1 agreement with the fp32 student on the held-out "
                              "generated images it decides (default %(default)s)")
     args = parser.parse_args(argv)
-    chosen = args.format if args.format is not None else ",".join([*FILES, *[INT8] * has_quantization()])
+    chosen = args.format if args.format is not None else ",".join(default_formats())
     formats = [f.strip() for f in chosen.split(",") if f.strip()]
     calibration = Calibration(args.calibration, args.calibration_images, args.calibration_method, args.agreement_floor)
     return one_line_errors(lambda: report(export(args.run_dir, formats, args.out, args.which,

@@ -198,7 +198,7 @@ class Config:
     logger: Logger = key(Logger.none, "wandb: log through Accelerate's tracker (offline without WANDB_API_KEY)",
                          logging=True)
     wandb_project: str = key("dfkd", "wandb project", logging=True)
-    export: bool = key(False, "at the end: dfkd export RUN_DIR (every format, parity-checked)", logging=True)
+    export: bool = key(False, "at the end: dfkd export RUN_DIR (every format, int8 included, checked)", logging=True)
     checkpoint_every: int = key(1000, "student updates between checkpoints; 0: only at the end", logging=True)
     keep_checkpoints: int = key(2, "newest complete checkpoints kept", logging=True)
     resume: str = key("auto", "auto: the run directory's newest complete checkpoint; none; or a checkpoint PATH",

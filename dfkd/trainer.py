@@ -219,8 +219,8 @@ def finish(run: Run, state: RunState, log: MetricsLog) -> Dict:
                      run_dir / "samples.png")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.export:  # as `dfkd export RUN_DIR`: every format, parity-checked, into run_dir/export
-            from dfkd.artifacts import FILES, export
-            export(run_dir, list(FILES))
+            from dfkd.artifacts import default_formats, export
+            export(run_dir, default_formats())
     accuracy = (f"teacher {run.teacher_acc:.2f}% | student final {state.final_acc:.2f}% | "
                 if run.teacher_acc is not None else "")
     accelerator.print(f"[dfkd] done: {accuracy}fidelity final {state.final_agree:.2f}% best {state.best_agree:.2f}% "
