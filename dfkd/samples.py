@@ -28,7 +28,7 @@ def class_names(cfg: Config) -> Optional[List[str]]:
     dataset's own names (``CLASS_NAMES``); None where the run knows only indices."""
     d = cfg.data
     names = list(d.classes) if d.classes else CLASS_NAMES.get(d.dataset)
-    if names is None and d.dataset == "imagefolder" and d.root:
+    if names is None and d.dataset == "imagefolder" and d.root and Path(d.root).expanduser().is_dir():
         from dfkd.data import class_folders  # late: only an ImageFolder run reads its folders
 
         folders = class_folders(Path(d.root).expanduser())

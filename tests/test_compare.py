@@ -213,9 +213,9 @@ def test_parse_scheme_names():
 
 def test_every_scheme_has_a_name_and_its_name_parses_back():
     for scheme in SCHEME_FUNCTIONS:
-        k = 1 if scheme == "one_stage" else 7  # one_stage ignores k (its function gives k a default)
+        k = 1 if scheme in ("one_stage", "real_data") else 7  # these ignore k (their functions give k a default)
         assert parse_scheme(scheme_label(scheme, k)) == (scheme, k)
-    assert [scheme_label(s, 5) for s in SCHEME_FUNCTIONS] == ["two_stage_k5", "one_stage", "hybrid_k5"]
+    assert [scheme_label(s, 5) for s in SCHEME_FUNCTIONS] == ["two_stage_k5", "one_stage", "hybrid_k5", "real_data"]
 
 
 def test_distill_and_compare_name_run_directories_the_same_way(tmp_path):
@@ -346,7 +346,7 @@ def test_committed_comparison_re_derives_from_its_runs_file(results):
 @pytest.mark.parametrize("name", ["two_stage", "two_stage_k0", "hybrid_k", "one_stage_k5", "dfad", "Two_stage_k5",
                                   "two_stage_k05"])
 def test_bad_scheme_name_is_a_clear_error(name):
-    expected = f"scheme '{name}' is not one of two_stage_kN, one_stage, hybrid_kN (e.g. two_stage_k5)"
+    expected = f"scheme '{name}' is not one of two_stage_kN, one_stage, hybrid_kN, real_data (e.g. two_stage_k5)"
     with pytest.raises(DfkdError, match=re.escape(expected)):
         parse_scheme(name)
     with pytest.raises(DfkdError, match="is not one of"):

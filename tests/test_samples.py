@@ -51,6 +51,8 @@ def test_class_names_come_from_the_config_the_dataset_or_the_folders_else_none(t
     folders = grey_config("data.dataset=imagefolder", f"data.root={tmp_path}", "data.num_classes=3")
     assert class_names(folders) == ["ant", "bee", "zebra"]  # sorted, as torchvision's ImageFolder labels them
     assert class_names(grey_config("data.dataset=imagefolder", f"data.root={tmp_path}")) is None  # 3 names, 10 classes
+    gone = grey_config("data.dataset=imagefolder", f"data.root={tmp_path / 'not-here'}", "data.num_classes=3")
+    assert class_names(gone) is None, "a root that is not there (evaluation data given elsewhere): indices"
 
 
 def test_samples_png_is_a_grey_grid_labelled_by_the_teacher(tmp_path):
