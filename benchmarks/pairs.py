@@ -78,6 +78,17 @@ def train_teacher(teacher: str, dataset: str, file: str, epochs: int, steps: int
         sys.exit(f"pairs: training {teacher} on {dataset} failed (exit code {done.returncode}); log {log}")
 
 
+def machine_phrase(machine: Dict[str, str]) -> str:
+    """Where a results file was measured, in one sentence (``dfkd.machine.machine_description``)."""
+    return (f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, load average "
+            f"{machine['load']} at the start, {machine['date']}.")
+
+
+def table_head(head: List[str]) -> List[str]:
+    """A markdown table's header and rule."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+
 def spread(row: Dict, key: str) -> str:
     """mean ± std over seeds; a single seed has no spread to show."""
     if len(row[key]) == 1:
@@ -155,10 +166,8 @@ def markdown(name: str, dataset: str, rows: List[Dict], machine: Dict[str, str],
     lines = [f"# Pairs the defaults were not tuned on: {name} ({dataset})\n",
              "\n".join(f"`{c}`" + ("  " if i < len(commands) - 1 else "") for i, c in enumerate(commands)) + "\n",
              f"Every distillation: `{' '.join(base)}` plus the pair's `teacher.name`, `teacher.checkpoint` "
-             f"(`teacher.train_if_missing=false`), `student.name` and `seed`. Machine: {machine['cpu']}, "
-             f"{machine['cores']} cores, torch {machine['torch']}, load average {machine['load']} at the start, "
-             f"{machine['date']}. Runs shared the machine: train s compares only runs that ran side by side.\n",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             f"(`teacher.train_if_missing=false`), `student.name` and `seed`. {machine_phrase(machine)} "
+             "Runs shared the machine: train s compares only runs that ran side by side.\n", *table_head(head)]
     for r in rows:
         sizes = f"{r['teacher_params'] / 1e3:.1f}k / {r['student_params'] / 1e3:.1f}k ({r['ratio']:.1f}x)"
         if "teacher_acc" not in r:

@@ -29,7 +29,7 @@ from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
-from pairs import gen_classes, spread, teacher_file  # noqa: E402
+from pairs import gen_classes, machine_phrase, spread, table_head, teacher_file  # noqa: E402
 from step_cost import write_results  # noqa: E402
 from sweep import reported_run, run_variant  # noqa: E402
 
@@ -125,9 +125,7 @@ def markdown(name: str, rows: List[Dict], machine: Dict, command: str, base: Lis
             "targets"]
     lines = [f"# Robustness beyond digits: {name}\n", f"`{command}`\n",
              f"Every run: `{' '.join(base)}` plus the pair's `teacher.name`, `teacher.checkpoint`, `student.name`, "
-             f"`seed`; real-data KD adds `scheme=real_data`. Machine: {machine['cpu']}, {machine['cores']} cores, "
-             f"torch {machine['torch']}, load average {machine['load']} at the start, {machine['date']}.\n",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             f"`seed`; real-data KD adds `scheme=real_data`. {machine_phrase(machine)}\n", *table_head(head)]
     for r in rows:
         sizes = f"{r['teacher_params'] / 1e3:.1f}k / {r['student_params'] / 1e3:.1f}k"
         if "teacher_acc" not in r:

@@ -1,7 +1,6 @@
 """benchmarks/pairs.py without training: its pair table, the runs it would start, what it reads back."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,16 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def pairs():
-    spec = importlib.util.spec_from_file_location("benchmarks_pairs", REPO / "benchmarks" / "pairs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/pairs.py")
 
 
 def test_help_lists_the_pair_selection():

@@ -1,21 +1,18 @@
 """benchmarks/robustness.py without training: its teachers, its job order, and how it judges the targets."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def robustness():
-    spec = importlib.util.spec_from_file_location("benchmarks_robustness", REPO / "benchmarks" / "robustness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/robustness.py")
 
 
 def test_six_teacher_families_build_at_one_channel_32x32(robustness, one_thread):
