@@ -7,7 +7,8 @@ as raw 0-1 pixels (the ONNX files carry their normalization), from one of ``SOUR
 - ``generator``: N images of the run's generator (train-mode BatchNorm, batches of the run's ``batch_size``, as
   in training), from latent codes of seed ``CALIBRATION_SEED``;
 - ``pool``: N images of the replay pool kept in the run's newest checkpoint;
-- ``real``: N images of the real training split (MNIST, CIFAR, digits): what a user with data would use;
+- ``real``: N images of the real training split (a dataset of ``dfkd.data.LOADERS``): what a user with data
+  would use;
 - ``noise``: N uniform 0-1 images, for contrast.
 
 ``quantize_onnx`` is onnxruntime's ``quant_pre_process`` then ``quantize_static``: QDQ format, int8 activations
@@ -32,7 +33,7 @@ import torch
 from dfkd.accuracy import accuracy, real_batches
 from dfkd.build import make_generator
 from dfkd.checkpoint import complete_checkpoints
-from dfkd.data import tensor_dataset
+from dfkd.data import LOADERS, tensor_dataset
 from dfkd.errors import DfkdError
 from dfkd.formats import FILES, RawImageModel, reload, write
 from dfkd.schema import Config
@@ -45,7 +46,6 @@ CALIBRATION_SEED, HELD_OUT_SEED = 0, 1  # latent codes (or draws) of the calibra
 HELD_OUT = 1024  # generated images the int8 model must agree with the fp32 one on
 DECIDED = 0.5  # fp32 softmax top-1 minus top-2 from which an image counts for the floor (below: a near-tie)
 MIN_DECIDED = 100  # fewer decided images than this (a barely trained model): the floor counts all
-REAL_SPLITS = ("mnist", "cifar10", "cifar100", "digits")  # datasets whose training split dfkd can load
 
 
 @dataclass
@@ -125,9 +125,9 @@ def pool_images(cfg: Config, run_dir: Path, n: int, seed: int) -> torch.Tensor:
 
 def real_images(cfg: Config, n: int, seed: int) -> torch.Tensor:
     """``n`` images of the real training split, resized as the teacher takes them, as raw pixels."""
-    if cfg.data.dataset not in REAL_SPLITS:
+    if cfg.data.dataset not in LOADERS:
         raise DfkdError(f"data.dataset={cfg.data.dataset} has no real training split dfkd can load (only "
-                        f"{', '.join(REAL_SPLITS)}); use --calibration generator")
+                        f"{', '.join(sorted(LOADERS))}); use --calibration generator")
     images = tensor_dataset(cfg.data, train=True, normalize=False).tensors[0]
     return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]]
 
