@@ -35,6 +35,7 @@ from dfkd.build import make_generator
 from dfkd.checkpoint import complete_checkpoints
 from dfkd.data import LOADERS, tensor_dataset
 from dfkd.errors import DfkdError
+from dfkd.fidelity import data_mode
 from dfkd.formats import FILES, RawImageModel, reload, write
 from dfkd.schema import Config
 from dfkd.weights import load_weights
@@ -212,7 +213,8 @@ def export_int8(tmp: Path, reference: RawImageModel, example: torch.Tensor, card
         write("onnx", reference, example, fp32)
     record = quantize_checked(fp32, int8, cfg, Path(card["run_dir"]), calibration,
                               lambda path: reload("onnx", path, card))
-    if card["data"]["dataset"] not in ("given", "none"):  # as artifacts.parity_images: real test images to count on
+    dataset = card["data"]["dataset"]  # labelled test images that can be read again here (not a given Dataset)
+    if dataset != "given" and data_mode(dataset) == "labelled":
         record["test_acc"] = {name: round(accuracy(reload("onnx", path, card), real_batches(card))[0], 3)
                               for name, path in (("fp32", fp32), ("int8", int8))}
     if not asked:

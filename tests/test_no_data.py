@@ -111,6 +111,19 @@ def test_unlabelled_folder_reports_agreement_with_the_teacher(tmp_path):
     assert all("real_agree" in r for r in evaluations(summary["run_dir"]))
 
 
+def test_int8_export_of_an_unlabelled_run_claims_no_test_accuracy(tmp_path):
+    """Its folder's labels are the teacher's own predictions-to-be (-1 on disk): no accuracy can be counted on them."""
+    pytest.importorskip("onnxruntime.quantization", reason="int8 export needs onnxruntime's quantization tools")
+    from dfkd.artifacts import export
+
+    folder = write_pngs(tmp_path / "images")
+    summary = distill(load_config([*PLAIN, *TINY, f"data.root={folder}", f"out_dir={tmp_path}", "run_name=u"]))
+    out = export(summary["run_dir"], ["onnx_int8"], tmp_path / "export")
+    card = json.loads((out / "student.json").read_text())
+    assert card["files"]["onnx_int8"] == "student.int8.onnx" and "agreement" in card["int8"]
+    assert "test_acc" not in card["int8"], card["int8"].get("test_acc")
+
+
 def test_unlabelled_folder_of_one_class_warns_that_the_pipeline_may_be_wrong(tmp_path, capsys):
     folder = write_pngs(tmp_path / "ones", labels={1}, count=20)
     summary = distill(load_config([*PLAIN, *TINY, "student_updates=5", f"data.root={folder}", f"out_dir={tmp_path}"]))
