@@ -108,11 +108,10 @@ def hooks_removed_after(model: nn.Module) -> Iterator[None]:
 def draw_pixels(generator: Generator, d, count: int, device) -> torch.Tensor:
     """``count`` 8-bit images from fixed codes, drawn in train mode as in training (batches of a fixed size)."""
     codes = torch.Generator(device=device).manual_seed(PROBE_SEED + 1)
-    mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (d.mean, d.std))
-    out = []
+    pixels, out = Normalize(d.mean, d.std), []
     for start in range(0, count, 250):
         z = torch.randn(min(250, count - start), PROBE_NZ, generator=codes, device=device)
-        out.append((generator(z) * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8).cpu())
+        out.append(pixels.invert(generator(z)).clamp(0, 1).mul(255).round().to(torch.uint8).cpu())
     return torch.cat(out)
 
 

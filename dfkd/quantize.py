@@ -37,6 +37,7 @@ from dfkd.data import LOADERS, tensor_dataset
 from dfkd.errors import DfkdError
 from dfkd.fidelity import data_mode
 from dfkd.formats import FILES, RawImageModel, reload, write
+from dfkd.models.normalize import Normalize
 from dfkd.schema import Config
 from dfkd.weights import load_weights
 
@@ -93,8 +94,7 @@ def has_quantization() -> bool:
 
 def to_pixels(x: torch.Tensor, cfg: Config) -> torch.Tensor:
     """Teacher inputs (normalised with the contract's mean/std) back to the raw pixels exported files take."""
-    mean, std = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in (cfg.data.mean, cfg.data.std))
-    return x * std + mean
+    return Normalize(cfg.data.mean, cfg.data.std).invert(x)
 
 
 @torch.no_grad()

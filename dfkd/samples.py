@@ -9,6 +9,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from dfkd.models.normalize import Normalize
 from dfkd.schema import Config
 
 COLUMNS = 8
@@ -91,5 +92,4 @@ def save_samples(generator: nn.Module, teacher: nn.Module, cfg: Config, path: Pa
     predicted class and labelled with it and its confidence (``teacher_labels``); returns the labels drawn."""
     x = generated_images(generator, cfg)
     order, labels = teacher_labels(teacher, x, class_names(cfg))
-    mean, std = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in (cfg.data.mean, cfg.data.std))
-    return draw_grid((x[order] * std + mean).clamp(0, 1), labels, path)
+    return draw_grid(Normalize(cfg.data.mean, cfg.data.std).invert(x[order]).clamp(0, 1), labels, path)

@@ -1,4 +1,5 @@
-"""Per-channel normalisation as a module: one for the generator's pixel output, exported models and real images."""
+"""Per-channel normalisation as a module: one for the generator's pixel output, exported models and real images;
+``invert`` takes teacher inputs back to pixels (sample grids, held-out images, int8 calibration)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -18,3 +19,7 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        """Teacher inputs back to pixels, ``x * std + mean``, on ``x``'s device and in its dtype."""
+        return x * self.std.to(x) + self.mean.to(x)
