@@ -171,6 +171,11 @@ def student_step(parts: Parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
                     out = observe(parts.teacher, x)
             else:
                 out = TeacherOutput(t)
+    return student_update(parts, x, out)
+
+
+def student_update(parts: Parts, x: torch.Tensor, out: TeacherOutput) -> Dict[str, torch.Tensor]:
+    """The student's step towards the teacher's outputs ``out`` on images ``x``: its loss and whether it was skipped."""
     loss = full(discrepancy(parts, x, out)).mean()
     parts.opt_s.zero_grad(set_to_none=True)
     parts.accelerator.backward(loss)
@@ -238,10 +243,7 @@ def real_data(parts: Parts, k: int = 1) -> Tuple[int, Dict[str, torch.Tensor]]:
             out = observe(x)
     else:
         out = parts.real.teacher_logits(observe, x, idx)
-    loss = full(discrepancy(parts, x, out)).mean()
-    parts.opt_s.zero_grad(set_to_none=True)
-    parts.accelerator.backward(loss)
-    return 1, {"loss_s": loss.detach(), "skipped": step_together(parts.accelerator, parts.opt_s)}
+    return 1, student_update(parts, x, out)
 
 
 SCHEMES = {"two_stage": two_stage, "one_stage": one_stage, "hybrid": hybrid, "real_data": real_data}
