@@ -12,7 +12,8 @@ data-free is judged against. A missing teacher is trained first (``teachers/trai
 ``--epochs``). Writes ``benchmarks/results/robustness_NAME.md`` (+ .json) and each pair's labelled
 ``samples.png`` (seed 0) under ``benchmarks/results/robustness_samples/``. Targets: data-free final
 >= 95 % of the teacher and within 3 points of real-data KD; no run below 80 % of its teacher; final within
-0.5 points of best; gen_classes >= 9.
+0.5 points of best; gen_classes >= 9. A run that finished (its ``summary.json``) is read, never rerun: run the
+same command again and a stopped benchmark goes on with the runs it lacks.
 """
 from __future__ import annotations
 
@@ -191,7 +192,8 @@ def main(argv: List[str] | None = None) -> int:
         name = f"{label}-{kind}-s{seed}"
         overrides = [f"teacher.name={teacher}", f"teacher.checkpoint={files[teacher]}", "teacher.train_if_missing=false",
                      f"student.name={student}", f"seed={seed}", *(["scheme=real_data"] if kind == "real_data" else [])]
-        run = reported_run(name, overrides, out) if args.report else run_variant(name, base, overrides, out, args.threads)
+        done = args.report or (out / name / "summary.json").is_file()  # a finished run is read, never rerun
+        run = reported_run(name, overrides, out) if done else run_variant(name, base, overrides, out, args.threads)
         return {**run, "pair": label, "seed": seed, "kind": kind,
                 "gen_classes": gen_classes(out / name) if kind == "data_free" else []}
 

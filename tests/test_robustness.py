@@ -49,3 +49,28 @@ def test_a_pair_that_meets_every_target_says_so(robustness, one_thread):
 def test_a_pair_whose_runs_all_failed_is_reported_not_dropped(robustness, one_thread):
     row = robustness.summarise("vit", [{"kind": "data_free", "seed": 0, "error": "exit code 2", "gen_classes": []}])
     assert robustness.targets(row) == "did not finish" and row["errors"] == ["data_free s0: exit code 2"]
+
+
+def test_a_finished_run_is_read_not_rerun(robustness, tmp_path, monkeypatch, one_thread):
+    """Running the benchmark again trains only the runs without a summary.json: a stopped benchmark goes on."""
+    import json
+
+    summary = {"teacher_acc": 88.0, "student_final_acc": 70.0, "student_best_acc": 70.0, "train_seconds": 1.0}
+    done = tmp_path / "runs" / "robustness-again" / "lenet-data_free-s0"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text(json.dumps(summary))
+    teachers = tmp_path / "teachers"
+    teachers.mkdir()
+    Path(robustness.teacher_file(str(teachers), "lenet5", "fashion_mnist")).touch()  # present: nothing trained
+    trained = []
+
+    def run_variant(name, base, overrides, out, threads):
+        trained.append(name)
+        return {"label": name, "overrides": overrides, "evaluations": [], "summary": dict(summary)}
+
+    monkeypatch.setattr(robustness, "REPO", tmp_path)
+    monkeypatch.setattr(robustness, "run_variant", run_variant)
+    robustness.main(["--name", "again", "--pairs", "lenet", "--seeds", "0", "1", "--real-seeds",
+                     "--teachers", str(teachers), "--results", str(tmp_path / "results")])
+    assert trained == ["lenet-data_free-s1"], "seed 0 had finished; only seed 1 is trained"
+    assert (tmp_path / "results" / "robustness_again.md").is_file()
