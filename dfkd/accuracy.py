@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dfkd.data import GivenDataset, ImageFolder, UnlabelledFolder, tensor_dataset
 from dfkd.errors import DfkdError
+from dfkd.models import evaluating
 from dfkd.schema import DataConfig
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # images -> logits
@@ -72,10 +73,8 @@ def accuracy(predict: Predict, batches: Iterable, accelerator=None,
 def evaluate(model: nn.Module, loader: DataLoader, accelerator, confusion: Optional[torch.Tensor] = None) -> float:
     """Top-1 accuracy in percent of ``model`` (in eval mode, then as it was) on a sharded test loader; with
     ``confusion``, its (label, prediction) counts too (``accuracy``)."""
-    was_training = model.training
-    model.eval()
-    acc, _ = accuracy(lambda x: model(x.to(accelerator.device)), loader, accelerator, confusion)
-    model.train(was_training)
+    with evaluating(model):
+        acc, _ = accuracy(lambda x: model(x.to(accelerator.device)), loader, accelerator, confusion)
     return acc
 
 

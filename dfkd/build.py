@@ -26,7 +26,7 @@ from dfkd.errors import DfkdError
 from dfkd.features import Taps, classifier_of, stages_for
 from dfkd.fidelity import Probe, data_mode, make_probe, probe_pixels
 from dfkd.losses import ADVERSARIAL
-from dfkd.models import Generator
+from dfkd.models import Generator, evaluating
 from dfkd.pool import SamplePool, make_pool
 from dfkd.priors import PRIORS, Priors, decide, prior_weights, reads_of
 from dfkd.schema import Config
@@ -207,11 +207,9 @@ def measure_teacher(cfg: Config, teacher: nn.Module, loader: Optional[DataLoader
         check_no_data(cfg, contract, accelerator.print)
         return None, None
     if mode == "unlabelled":  # every process reads the whole folder once, in order
-        with torch.no_grad():
-            was_training = teacher.training
-            preds = torch.cat([teacher.eval()(x.to(accelerator.device)).argmax(1).cpu()
+        with torch.no_grad(), evaluating(teacher):
+            preds = torch.cat([teacher(x.to(accelerator.device)).argmax(1).cpu()
                                for x, _ in DataLoader(loader.dataset, batch_size=cfg.data.eval_batch_size)])
-            teacher.train(was_training)
         loader.dataset.labels = preds
     else:
         confusion = torch.zeros(cfg.data.num_classes, cfg.data.num_classes, dtype=torch.long)

@@ -12,6 +12,7 @@ from dfkd.accuracy import perplexity
 from dfkd.contract import Contract, teacher_label
 from dfkd.errors import DfkdError
 from dfkd.losses import ADVERSARIAL
+from dfkd.models import evaluating
 from dfkd.priors import batchnorm_layers
 from dfkd.schema import Config
 from dfkd.schemes import cycle_updates
@@ -25,20 +26,20 @@ def check_models(cfg: Config, teacher: nn.Module, student: nn.Module, generator:
     origin = f", the size from {source}" if source else ""
     z = torch.randn(2, cfg.generator.nz)
     with torch.no_grad():
-        x = generator.eval()(z)
-        generator.train()
+        with evaluating(generator):
+            x = generator(z)
         outputs = []
         for role, name, model in (("teacher", teacher_label(cfg.teacher), teacher),
                                   ("student", cfg.student.name, student)):
             try:
-                outputs.append(model.eval()(x))
+                with evaluating(model):
+                    outputs.append(model(x))
             except (RuntimeError, AssertionError) as err:  # timm asserts fixed input sizes
                 raise DfkdError(f"{role} {name} cannot take generated images of shape {tuple(x.shape[1:])} "
                                 f"(data.image_size={cfg.data.image_size}, data.channels={cfg.data.channels}"
                                 f"{origin}): {str(err).splitlines()[0][:120]}; set data.image_size/data.channels "
                                 f"to the teacher's input, or pick a {role} built for it") from err
         t, s = outputs
-        student.train()
     if t.shape[1] != s.shape[1] or t.shape[1] != cfg.data.num_classes:
         raise DfkdError(f"class counts differ: teacher {teacher_label(cfg.teacher)} has {t.shape[1]}, student "
                         f"{cfg.student.name} {s.shape[1]}, data.num_classes={cfg.data.num_classes}")
@@ -58,14 +59,11 @@ def input_error(model: nn.Module, shape: tuple, device: Optional[torch.device] =
     """Why ``model`` fails on a batch of ``shape`` ("TYPE: first line"), or None when it takes it. One forward of
     zeros (no draw from the seeded RNG) without gradients, in eval mode so BatchNorm takes 2 images; the mode
     is restored after."""
-    was_training = model.training
     try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(shape, device=device))
+        with torch.no_grad(), evaluating(model):
+            model(torch.zeros(shape, device=device))
     except INPUT_ERRORS as err:
         return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}"
-    finally:
-        model.train(was_training)
     return None
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfkd.models import Generator
+from dfkd.models import Generator, evaluating
 from dfkd.models.normalize import Normalize
 from dfkd.priors import Priors
 from dfkd.schema import PriorsConfig
@@ -148,12 +148,9 @@ def make_probe(cfg, pixels: torch.Tensor, key: str, teacher: nn.Module, device) 
 @torch.no_grad()
 def log_probs(model: nn.Module, probe: Probe, device) -> torch.Tensor:
     """``model``'s log-probabilities on the held-out set (eval mode, then as it was), on the CPU."""
-    was_training = model.training
-    model.eval()
-    out = [model(probe.inputs(i, i + BATCH).to(device)).float().log_softmax(1).cpu()
-           for i in range(0, len(probe.pixels), BATCH)]
-    model.train(was_training)
-    return torch.cat(out)
+    with evaluating(model):
+        return torch.cat([model(probe.inputs(i, i + BATCH).to(device)).float().log_softmax(1).cpu()
+                          for i in range(0, len(probe.pixels), BATCH)])
 
 
 def fidelity(student: nn.Module, probe: Probe, device) -> Tuple[float, float]:

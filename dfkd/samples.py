@@ -9,6 +9,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from dfkd.models import evaluating
 from dfkd.models.normalize import Normalize
 from dfkd.schema import Config
 
@@ -52,10 +53,8 @@ def teacher_labels(teacher: nn.Module, x: torch.Tensor, names: Optional[Sequence
     """The order to show ``x`` in (by the teacher's predicted class, most confident first) and, in that order,
     each image's label: the class's name (else its index) and the teacher's softmax probability for it."""
     device = next(teacher.parameters(), torch.zeros(0)).device
-    was_training = teacher.training
-    with torch.no_grad():
-        probs = teacher.eval()(x.to(device)).float().softmax(1).cpu()
-    teacher.train(was_training)
+    with torch.no_grad(), evaluating(teacher):
+        probs = teacher(x.to(device)).float().softmax(1).cpu()
     confidence, predicted = probs.max(1)
     order = sorted(range(len(x)), key=lambda i: (int(predicted[i]), -float(confidence[i])))
     name = (lambda c: names[c][:NAME_CHARS]) if names else str
