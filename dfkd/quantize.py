@@ -37,6 +37,7 @@ from dfkd.data import LOADERS, tensor_dataset
 from dfkd.errors import DfkdError
 from dfkd.fidelity import data_mode
 from dfkd.formats import FILES, RawImageModel, reload, write
+from dfkd.models.generator import draw
 from dfkd.models.normalize import Normalize
 from dfkd.schema import Config
 from dfkd.weights import load_weights
@@ -107,9 +108,7 @@ def generated_images(cfg: Config, run_dir: Path, n: int, seed: int) -> torch.Ten
                         f"onnx_int8 out of --format")
     generator = make_generator(cfg)
     load_weights(generator, str(path), what="generator")
-    generator.train()  # BatchNorm on batch statistics, as in training: its running averages never drew images
-    z = torch.randn(n, cfg.generator.nz, generator=torch.Generator().manual_seed(seed))
-    return to_pixels(torch.cat([generator(chunk) for chunk in z.split(cfg.batch_size)]), cfg)
+    return to_pixels(draw(generator, cfg.generator.nz, n, seed, cfg.batch_size), cfg)
 
 
 def pool_images(cfg: Config, run_dir: Path, n: int, seed: int) -> torch.Tensor:

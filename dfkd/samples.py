@@ -2,7 +2,6 @@
 and its confidence, ordered by class, so one look says which classes the generator makes and how surely."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 from dfkd.models import evaluating
+from dfkd.models.generator import draw
 from dfkd.models.normalize import Normalize
 from dfkd.schema import Config
 
@@ -39,13 +39,10 @@ def class_names(cfg: Config) -> Optional[List[str]]:
 
 
 def generated_images(generator: nn.Module, cfg: Config) -> torch.Tensor:
-    """The generator's images from fixed codes (seed 0): 64, or 16 above 64x64 pixels; the teacher's input.
-    Drawn by a copy in train mode, as in training, so the generator's BatchNorm statistics stay untouched."""
+    """The generator's images from fixed codes (seed 0), drawn as in training (``draw``): 64, or 16 above 64x64
+    pixels; the teacher's input."""
     n = 64 if cfg.data.image_size <= 64 else 16
-    g = copy.deepcopy(generator).float().train()
-    z = torch.randn(n, cfg.generator.nz, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        return g(z.to(next(g.parameters()).device)).cpu()
+    return draw(generator, cfg.generator.nz, n, seed=0, batch=n)
 
 
 def teacher_labels(teacher: nn.Module, x: torch.Tensor, names: Optional[Sequence[str]] = None

@@ -71,3 +71,19 @@ def test_samples_png_is_a_grey_grid_labelled_by_the_teacher(tmp_path):
     r, g, b = rgb.unbind(-1)
     assert torch.equal(r, g) and torch.equal(g, b)  # grey images in grey (and black labels): no colour map
     assert len(r.unique()) > 16  # drawn images, not a blank grid
+
+
+def test_drawing_images_leaves_the_generator_as_it_was():
+    """``draw`` makes the same images from the same seed, in train mode (batch statistics) whatever the generator's
+    mode, and never moves its BatchNorm running statistics: drawing for a grid or a calibration changes no run."""
+    from dfkd.models.generator import draw
+
+    torch.manual_seed(0)
+    generator = Generator(nz=16, ngf=4, image_size=8, channels=1, mean=[0.5], std=[0.5]).eval()
+    before = {k: v.clone() for k, v in generator.state_dict().items()}
+    first = draw(generator, 16, n=10, seed=3, batch=4)
+    assert first.shape == (10, 1, 8, 8) and not generator.training
+    assert all(torch.equal(v, before[k]) for k, v in generator.state_dict().items())
+    assert torch.equal(first, draw(generator, 16, n=10, seed=3, batch=4))
+    train_mode = generator.train()(torch.randn(10, 16, generator=torch.Generator().manual_seed(3))[:4])
+    assert torch.allclose(first[:4], train_mode, atol=1e-6), "the first batch is drawn on batch statistics"

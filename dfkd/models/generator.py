@@ -11,6 +11,7 @@ Two outputs (``generator.output``):
 """
 from __future__ import annotations
 
+import copy
 from typing import Optional, Sequence
 
 import torch
@@ -52,3 +53,13 @@ class Generator(nn.Module):
         x = self.project(z)
         return self.net(x.view(z.shape[0], -1, self.init_size, self.init_size))
 
+
+@torch.no_grad()
+def draw(generator: nn.Module, nz: int, n: int, seed: int, batch: int) -> torch.Tensor:
+    """``n`` images (teacher inputs, on the CPU) from the latent codes of ``seed``, ``batch`` at a time, drawn as
+    in training: in train mode, BatchNorm on batch statistics, by a copy, so the generator's own running
+    statistics and mode are left untouched."""
+    g = copy.deepcopy(generator).float().train()
+    device = next(g.parameters()).device
+    z = torch.randn(n, nz, generator=torch.Generator().manual_seed(seed))
+    return torch.cat([g(chunk.to(device)).cpu() for chunk in z.split(batch)])
