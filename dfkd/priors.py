@@ -66,7 +66,10 @@ def bn_rule(teacher: nn.Module) -> Tuple[float, str]:
     if not hookable(teacher):
         return 0.0, "a TorchScript teacher's layers cannot be hooked"
     found = len(batchnorm_layers(teacher))
-    return (BN_PRIOR, f"it has {found} BatchNorm layers") if found else (0.0, "it has no BatchNorm layer")
+    if found:
+        return BN_PRIOR, f"it has {found} BatchNorm layers"
+    return 0.0, ("it has no BatchNorm layer, so the generator has no image statistics to match; expect the student "
+                 "further from such a teacher, docs/students.md 'Beyond digits'")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from dfkd.methods import METHODS
 from dfkd.priors import PRIORS, Priors
@@ -82,3 +83,12 @@ def test_total_variation_is_zero_on_flat_images_and_grows_with_high_frequencies(
     assert total_variation(flat) == 0
     assert abs(total_variation(stripes) - 1.0) < 1e-6, "every horizontal neighbour differs by 1, no vertical one"
     assert PRIORS["tv"].default == 0.0, "off unless asked: the default recipe's images are unchanged"
+
+
+def test_the_bn_prior_is_decided_by_the_teacher_and_a_teacher_without_batchnorm_is_warned_of():
+    from dfkd.priors import BN_PRIOR, bn_rule
+
+    weight, why = bn_rule(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))
+    assert weight == BN_PRIOR and why == "it has 1 BatchNorm layers"
+    weight, why = bn_rule(nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4)))
+    assert weight == 0.0 and "no image statistics to match" in why and "docs/students.md" in why
