@@ -30,7 +30,7 @@ from dfkd.models import Generator, evaluating
 from dfkd.pool import SamplePool, make_pool
 from dfkd.priors import PRIORS, Priors, decide, prior_weights, reads_of
 from dfkd.schema import Config
-from dfkd.schemes import DATA_FREE, LatentCodes, Parts, RealImages, pool_intake, scheme_label
+from dfkd.schemes import DATA_FREE, IntensityJitter, LatentCodes, Parts, RealImages, pool_intake, scheme_label
 from dfkd.teacher import build_student, build_teacher, teacher_source
 
 
@@ -148,7 +148,10 @@ def make_parts(cfg: Config, teacher: nn.Module, student: nn.Module, generator: n
         generator_ema=ModelEMA(bare(accelerator, generator), cfg.generator.ema, train_mode=True)
         if cfg.generator.ema else None, ema_mix=cfg.generator.ema_mix,
         student_ema=ModelEMA(bare(accelerator, student), cfg.student.ema) if cfg.student.ema else None,
-        real=None if data_free else real_images(cfg, local_batch, accelerator))
+        real=None if data_free else real_images(cfg, local_batch, accelerator),
+        augment=IntensityJitter(cfg.data.mean, cfg.data.std, accelerator.device,
+                                cfg.seed * 1000 + accelerator.process_index + 23)
+        if data_free and cfg.student.augment == "intensity" else None)
 
 
 def real_images(cfg: Config, batch: int, accelerator: Accelerator) -> RealImages:

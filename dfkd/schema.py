@@ -40,6 +40,7 @@ Interpolation = Choice("Interpolation", {n: n for n in ("bilinear", "bicubic", "
 LrSchedule = Choice("LrSchedule", {n: n for n in ("cosine", "step", "constant")})
 MixedPrecision = Choice("MixedPrecision", {n: n for n in ("no", "bf16", "fp16")})
 Logger = Choice("Logger", {n: n for n in ("none", "wandb")})
+Augment = Choice("Augment", {n: n for n in ("none", "intensity")})
 GeneratorOutput = Choice("GeneratorOutput", {n: n for n in ("standardized", "pixels")})
 INTERPOLATIONS = tuple(i.value for i in Interpolation)
 
@@ -73,6 +74,10 @@ class StudentConfig:
     weight_decay: float = key(5e-4, "weight decay")
     ema: float = key(0.0, "decay per student update of a weight-averaged (EMA) student, evaluated, kept and exported "
                           "in place of the trained one; 0: off")
+    augment: Augment = key(Augment.none, "intensity: the student's generated images (fresh and replayed) get a random "
+                                         "brightness and contrast, pixels p -> a*p + b (a in [0.25, 1], b in [0, 1-a]), "
+                                         "and the teacher labels them anew: for teachers that normalise each image "
+                                         "(GroupNorm), docs/students.md; none: off")
 
 
 @dataclass

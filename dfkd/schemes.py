@@ -22,6 +22,7 @@ from dfkd.ema import ModelEMA
 from dfkd.errors import DfkdError
 from dfkd.features import Taps
 from dfkd.losses import Adversarial, TeacherOutput, full
+from dfkd.models.normalize import Normalize
 from dfkd.onestage import discrepancy, one_stage_step, step_together
 from dfkd.pool import SamplePool
 from dfkd.priors import Priors
@@ -78,6 +79,35 @@ class RealImages:
         self.rng.set_state(state)
 
 
+class IntensityJitter:
+    """``student.augment=intensity``: each image's pixels ``p -> a * p + b``, ``a ~ U(LOW, 1)``, ``b ~ U(0, 1 - a)``
+    (a random contrast and brightness that keeps pixels in [0, 1]), on teacher inputs (the contract's mean/std undone
+    and redone), drawn by an RNG of its own that checkpoints carry.
+
+    A teacher that normalises each image (GroupNorm after its first convolution) answers the same whatever an
+    image's brightness, so the generator's images keep the grey level they start with; a student without that
+    invariance, trained on them alone, fails on real images. Jittered and labelled anew by the teacher, the
+    images teach the student the teacher's answer over the range of brightness and contrast."""
+
+    LOW = 0.25
+
+    def __init__(self, mean, std, device: torch.device, seed: int):
+        self.normalize = Normalize(mean, std).to(device)
+        self.rng = torch.Generator(device).manual_seed(seed)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (len(x),) + (1,) * (x.dim() - 1)
+        a = torch.rand(shape, generator=self.rng, device=x.device).mul_(1 - self.LOW).add_(self.LOW)
+        b = torch.rand(shape, generator=self.rng, device=x.device).mul_(1 - a)
+        return self.normalize(self.normalize.invert(x.float()) * a + b).to(x.dtype)
+
+    def state_dict(self) -> torch.Tensor:
+        return self.rng.get_state()
+
+    def load_state_dict(self, state: torch.Tensor) -> None:
+        self.rng.set_state(state)
+
+
 @dataclass(kw_only=True)
 class Parts:
     """Everything a step touches, made by ``dfkd.build.make_parts``. ``sample_z()`` draws fresh latent codes."""
@@ -103,12 +133,13 @@ class Parts:
     ema_mix: float = 0.5  # ... making this fraction of every generated student batch
     student_ema: Optional[ModelEMA] = None  # the weight-averaged student, evaluated, kept and exported
     real: Optional[RealImages] = None  # scheme=real_data's real training images (not data-free)
+    augment: Optional[IntensityJitter] = None  # student.augment: the student's images jittered, the teacher asked again
 
     def extras(self) -> Dict[str, Any]:
         """The state a checkpoint keeps besides weights and optimizers, by name, where switched on: the latent
         codes' RNG, the replay pool and the two weight averages (each with state_dict / load_state_dict)."""
         named = {"z_rng": self.sample_z, "pool": self.pool, "ema": self.student_ema,
-                 "generator_ema": self.generator_ema, "real_rng": self.real}
+                 "generator_ema": self.generator_ema, "real_rng": self.real, "augment_rng": self.augment}
         return {name: part for name, part in named.items() if hasattr(part, "state_dict")}
 
     def extras_state(self) -> Dict[str, Any]:
@@ -152,7 +183,8 @@ def generated(parts: Parts, z: torch.Tensor) -> torch.Tensor:
 
 def student_step(parts: Parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
     """One student update on a fresh batch (generator and teacher without autograd), or, with a replay
-    pool holding a batch, on images drawn from it: no generator, no teacher, ``pool_fresh`` of it new."""
+    pool holding a batch, on images drawn from it: no generator, no teacher, ``pool_fresh`` of it new. With
+    ``student.augment``, the batch is jittered and the teacher labels it anew."""
     pool, observe = parts.pool, parts.priors.observe
     fresh = len(z) if pool is None or pool.count < len(z) else round(parts.pool_fresh * len(z))
     fresh = 2 if fresh == 1 else fresh  # the generator's train-mode BatchNorm needs two samples
@@ -171,6 +203,10 @@ def student_step(parts: Parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
                     out = observe(parts.teacher, x)
             else:
                 out = TeacherOutput(t)
+    if parts.augment is not None:  # jittered images, labelled by the teacher anew
+        with torch.no_grad():
+            x = parts.augment(x)
+            out = observe(parts.teacher, x)
     return student_update(parts, x, out)
 
 

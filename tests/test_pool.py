@@ -146,3 +146,38 @@ def test_pool_that_does_not_fit_in_memory_stops_before_training():
     cfg = load_config(["pool.size=1000", "pool.mb=0.1", "data.image_size=32", "data.channels=1", "data.num_classes=10"])
     with pytest.raises(DfkdError, match=r"holds 24 images .* less than one batch"):
         make_pool(cfg, torch.device("cpu"))
+
+
+def test_intensity_jitter_is_a_per_image_brightness_and_contrast_that_keeps_pixels_in_range():
+    from dfkd.models.normalize import Normalize
+    from dfkd.schemes import IntensityJitter
+
+    jitter, pixels = IntensityJitter([0.5], [0.25], torch.device("cpu"), seed=0), torch.rand(64, 1, SIZE, SIZE)
+    normalize = Normalize([0.5], [0.25])
+    out = normalize.invert(jitter(normalize(pixels))).flatten(1)
+    p = pixels.flatten(1)
+    a = (out[:, 0] - out[:, 1]) / (p[:, 0] - p[:, 1])  # each image: out = a * p + b, one a and b per image
+    b = out[:, 0] - a * p[:, 0]
+    assert torch.allclose(out, a[:, None] * p + b[:, None], atol=1e-5)
+    assert a.min() >= IntensityJitter.LOW - 1e-5 and a.max() <= 1 + 1e-5 and a.std() > 0.1
+    assert b.min() >= -1e-5 and (a + b).max() <= 1 + 1e-5, "pixels in [0, 1] stay in [0, 1]"
+    state = jitter.state_dict()
+    again = IntensityJitter([0.5], [0.25], torch.device("cpu"), seed=99)
+    again.load_state_dict(state)
+    assert torch.equal(jitter(normalize(pixels)), again(normalize(pixels))), "the checkpoint carries its RNG"
+
+
+def test_with_augmentation_the_student_sees_jittered_images_the_teacher_labelled_anew():
+    from dfkd.schemes import IntensityJitter
+
+    p = parts(empty_pool())
+    p.augment = IntensityJitter([0.0], [1.0], torch.device("cpu"), seed=0)
+    seen = []
+    p.student.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    student_step(p, p.sample_z())  # fresh: the teacher labels the batch for the pool, then the jittered batch
+    assert (p.teacher.images, p.pool.count) == (2 * BATCH, BATCH)
+    assert not torch.equal(seen[-1], p.pool.images[:BATCH]), "the pool keeps the images as generated"
+    student_step(p, p.sample_z())  # from the pool: no generator; the teacher labels the jittered images
+    assert (p.generator.images, p.teacher.images) == (BATCH, 3 * BATCH)
+    assert "augment_rng" in p.extras()
+    assert "augment_rng" not in parts(empty_pool()).extras(), "off by default: the steps are unchanged"

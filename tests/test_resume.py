@@ -49,6 +49,9 @@ SCHEMES = {"one_stage": ["scheme=one_stage"], "two_stage k=5": ["scheme=two_stag
                                                                     "features.at=10"],
            "hybrid k=4, CMI with its pool": ["scheme=hybrid", "k=4", "method=cmi", "pool.size=64", "pool.steps=1",
                                              "pool.fresh=0.25"],
+           # the student's images jittered by an RNG the checkpoint carries, the teacher asked again
+           "hybrid k=4, replay pool, intensity jitter": ["scheme=hybrid", "k=4", "pool.size=64", "pool.steps=1",
+                                                         "student.augment=intensity"],
            # not data-free: batches of the real training split, drawn by an RNG the checkpoint carries
            "real_data": ["scheme=real_data"]}
 
