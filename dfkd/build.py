@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from dfkd.accuracy import evaluate, evaluation_loader
+from dfkd.batches import IntensityJitter, LatentCodes, RealImages
 from dfkd.checkpoint import prepare_run_dir, resume_candidates
 from dfkd.checks import check_models, check_no_data, check_teacher, check_unlabelled, warn_pool_evicts
 from dfkd.contract import Contract, resolve
@@ -30,7 +31,7 @@ from dfkd.models import Generator, evaluating
 from dfkd.pool import SamplePool, make_pool
 from dfkd.priors import PRIORS, Priors, decide, prior_weights, reads_of
 from dfkd.schema import Config
-from dfkd.schemes import DATA_FREE, IntensityJitter, LatentCodes, Parts, RealImages, pool_intake, scheme_label
+from dfkd.schemes import DATA_FREE, Parts, pool_intake, scheme_label
 from dfkd.teacher import build_student, build_teacher, teacher_source
 
 

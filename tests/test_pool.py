@@ -149,8 +149,8 @@ def test_pool_that_does_not_fit_in_memory_stops_before_training():
 
 
 def test_intensity_jitter_is_a_per_image_brightness_and_contrast_that_keeps_pixels_in_range():
+    from dfkd.batches import IntensityJitter
     from dfkd.models.normalize import Normalize
-    from dfkd.schemes import IntensityJitter
 
     jitter, pixels = IntensityJitter([0.5], [0.25], torch.device("cpu"), seed=0), torch.rand(64, 1, SIZE, SIZE)
     normalize = Normalize([0.5], [0.25])
@@ -168,7 +168,7 @@ def test_intensity_jitter_is_a_per_image_brightness_and_contrast_that_keeps_pixe
 
 
 def test_with_augmentation_the_student_sees_jittered_images_the_teacher_labelled_anew():
-    from dfkd.schemes import IntensityJitter
+    from dfkd.batches import IntensityJitter
 
     p = parts(empty_pool())
     p.augment = IntensityJitter([0.0], [1.0], torch.device("cpu"), seed=0)
