@@ -18,6 +18,7 @@ same command again and a stopped benchmark goes on with the runs it lacks.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -26,7 +27,10 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict, List
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
@@ -34,9 +38,11 @@ from pairs import gen_classes, machine_phrase, spread, table_head, teacher_file 
 from step_cost import write_results  # noqa: E402
 from sweep import reported_run, run_variant  # noqa: E402
 
+from dfkd.data import tensor_dataset  # noqa: E402
 from dfkd.machine import command_line, machine_description  # noqa: E402
+from dfkd.models.normalize import Normalize  # noqa: E402
 from dfkd.results import mean_std  # noqa: E402
-from dfkd.weights import create_model  # noqa: E402
+from dfkd.weights import create_model, load_weights  # noqa: E402
 
 # teacher: (its family, constructor keywords at 1x32x32)
 TEACHERS = {
@@ -52,6 +58,23 @@ SHORT = {"lenet5": "lenet", "test_resnet": "resnet", "test_efficientnet": "effic
 STUDENTS = {"lenet5_half": "", "lenet5": "_lenet5"}  # student: suffix of its pairs' labels
 PAIRS = {SHORT[t] + suffix: (t, s) for s, suffix in STUDENTS.items() for t in TEACHERS}
 OF_TEACHER, OF_REAL, FAILURE, WITHIN_BEST, COVERAGE = 0.95, 3.0, 0.80, 0.5, 9.0
+BRIGHTNESS = {"x0.5": lambda p: p * 0.5, "x0.25": lambda p: p * 0.25, "x0.7+0.3": lambda p: p * 0.7 + 0.3}
+
+
+@torch.no_grad()
+def brightness_agreement(teacher: str, file: str, dataset: str, n: int = 500) -> Dict[str, float]:
+    """How much a teacher ignores brightness: top-1 agreement (%) of its predictions on ``n`` real test images
+    with its predictions on the same images darkened or lifted (``BRIGHTNESS``, on 0-1 pixels)."""
+    card = json.loads(Path(file).expanduser().with_suffix(".json").read_text())
+    model = create_model(teacher, card["num_classes"], in_chans=1, **TEACHERS[teacher][1]).eval()
+    load_weights(model, str(Path(file).expanduser()))
+    data = SimpleNamespace(dataset=dataset, root="~/.cache/dfkd/data", download=True, channels=1,
+                           image_size=card["input_size"][-1], crop_pct=1.0, interpolation=card["interpolation"])
+    pixels = tensor_dataset(data, train=False, normalize=False).tensors[0][:n]
+    normalize = Normalize(card["mean"], card["std"])
+    base = model(normalize(pixels)).argmax(1)
+    return {name: round(100.0 * (model(normalize(f(pixels))).argmax(1) == base).float().mean().item(), 1)
+            for name, f in BRIGHTNESS.items()}
 
 
 def params(name: str, kwargs: Dict) -> int:
@@ -154,6 +177,16 @@ def markdown(name: str, rows: List[Dict], machine: Dict, command: str, base: Lis
     return "\n".join(lines)
 
 
+def brightness_table(brightness: Dict[str, Dict[str, float]]) -> str:
+    if not brightness:
+        return ""
+    lines = ["", "How much each teacher ignores brightness (`brightness_agreement`): top-1 agreement (%) of its "
+             "predictions on 500 real test images with its predictions on the same images, pixels p changed to:", "",
+             "| teacher | " + " | ".join(BRIGHTNESS) + " |", "|---|" + "---|" * len(BRIGHTNESS)]
+    lines += [f"| {t} | " + " | ".join(f"{v:.1f}" for v in row.values()) + " |" for t, row in brightness.items()]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="results/robustness_NAME.md, runs/robustness-NAME")
@@ -209,11 +242,15 @@ def main(argv: List[str] | None = None) -> int:
         if grid.is_file():
             samples.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(grid, samples / f"{args.name}_{label}.png")
+    teachers = sorted({PAIRS[label][0] for label in labels}, key=list(TEACHERS).index)
+    brightness = {t: brightness_agreement(t, files[t], args.dataset) for t in teachers
+                  if Path(files[t]).expanduser().with_suffix(".json").is_file()}
     write_results(Path(args.results), f"robustness_{args.name}",
                   {"machine": machine, "command": command, "dataset": args.dataset, "base": base,
-                   "teacher_epochs": args.epochs, "pairs": rows, "runs": runs},
+                   "teacher_epochs": args.epochs, "pairs": rows, "runs": runs, "brightness": brightness},
                   markdown(args.name, rows, machine, command, base)
-                  + (f"\nNever started (left out): {', '.join(unstarted)}.\n" if args.report and unstarted else ""))
+                  + (f"\nNever started (left out): {', '.join(unstarted)}.\n" if args.report and unstarted else "")
+                  + brightness_table(brightness))
     return 0
 
 
