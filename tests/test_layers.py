@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "dfkd"
 LAYERS = {  # module (dfkd.NAME; dfkd.models.* are core) -> layer
     "errors": 0,
-    **dict.fromkeys(["features", "losses", "priors", "onestage", "schemes", "pool", "ema", "methods", "machine",
+    **dict.fromkeys(["features", "losses", "priors", "onestage", "schemes", "batches", "pool", "ema", "methods", "machine",
                      "models"], 1),
     **dict.fromkeys(["schema", "config", "card", "contract", "weights", "sources", "data", "offline", "accuracy", "checks",
                      "teacher", "build", "trainer", "samples", "checkpoint", "formats", "quantize", "artifacts", "fidelity"], 2),
