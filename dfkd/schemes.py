@@ -108,9 +108,11 @@ def student_step(parts: Parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
     pool, observe = parts.pool, parts.priors.observe
     fresh = len(z) if pool is None or pool.count < len(z) else round(parts.pool_fresh * len(z))
     fresh = 2 if fresh == 1 else fresh  # the generator's train-mode BatchNorm needs two samples
+    relabel = parts.augment is not None  # the teacher labels the student's batch once more, after the jitter
     with torch.no_grad():
         x = generated(parts, z[:fresh]) if fresh else None
-        out = observe(parts.teacher, x) if fresh else None
+        # the fresh images' outputs: for the pool, and for the student unless the batch is relabelled anyway
+        out = observe(parts.teacher, x) if fresh and (pool is not None or not relabel) else None
     if pool is not None:
         if fresh:
             pool.add(x, out.logits, out.pre_logits)
@@ -118,14 +120,11 @@ def student_step(parts: Parts, z: torch.Tensor) -> Dict[str, torch.Tensor]:
             old_x, old_t = pool.sample(len(z) - fresh)
             x, t = (old_x, old_t) if x is None else (torch.cat([x, old_x.to(x.dtype)]),
                                                      torch.cat([out.logits, old_t.to(out.logits.dtype)]))
-            if parts.student_taps is not None:  # the pool keeps no stage outputs: the teacher sees the batch again
-                with torch.no_grad():
-                    out = observe(parts.teacher, x)
-            else:
-                out = TeacherOutput(t)
-    if parts.augment is not None:  # jittered images, labelled by the teacher anew
+            out = TeacherOutput(t)
+            relabel = relabel or parts.student_taps is not None  # the pool keeps no stage outputs
+    if relabel:
         with torch.no_grad():
-            x = parts.augment(x)
+            x = x if parts.augment is None else parts.augment(x)
             out = observe(parts.teacher, x)
     return student_update(parts, x, out)
 
