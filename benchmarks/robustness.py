@@ -18,7 +18,6 @@ same command again and a stopped benchmark goes on with the runs it lacks.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -27,7 +26,6 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Dict, List
 
 import torch
@@ -38,10 +36,12 @@ from pairs import gen_classes, machine_phrase, spread, table_head, teacher_file 
 from step_cost import write_results  # noqa: E402
 from sweep import reported_run, run_variant  # noqa: E402
 
+from dfkd.card import card_beside, read_card  # noqa: E402
 from dfkd.data import tensor_dataset  # noqa: E402
 from dfkd.machine import command_line, machine_description  # noqa: E402
 from dfkd.models.normalize import Normalize  # noqa: E402
 from dfkd.results import mean_std  # noqa: E402
+from dfkd.schema import DataConfig  # noqa: E402
 from dfkd.weights import create_model, load_weights  # noqa: E402
 
 # teacher: (its family, constructor keywords at 1x32x32)
@@ -65,11 +65,10 @@ BRIGHTNESS = {"x0.5": lambda p: p * 0.5, "x0.25": lambda p: p * 0.25, "x0.7+0.3"
 def brightness_agreement(teacher: str, file: str, dataset: str, n: int = 500) -> Dict[str, float]:
     """How much a teacher ignores brightness: top-1 agreement (%) of its predictions on ``n`` real test images
     with its predictions on the same images darkened or lifted (``BRIGHTNESS``, on 0-1 pixels)."""
-    card = json.loads(Path(file).expanduser().with_suffix(".json").read_text())
+    card = read_card(card_beside(file))  # the teacher's input contract, as a run reads it
     model = create_model(teacher, card["num_classes"], in_chans=1, **TEACHERS[teacher][1]).eval()
     load_weights(model, str(Path(file).expanduser()))
-    data = SimpleNamespace(dataset=dataset, root="~/.cache/dfkd/data", download=True, channels=1,
-                           image_size=card["input_size"][-1], crop_pct=1.0, interpolation=card["interpolation"])
+    data = DataConfig(dataset=dataset, channels=1, **{k: card[k] for k in ("image_size", "interpolation", "crop_pct")})
     pixels = tensor_dataset(data, train=False, normalize=False).tensors[0][:n]
     normalize = Normalize(card["mean"], card["std"])
     base = model(normalize(pixels)).argmax(1)
@@ -243,8 +242,7 @@ def main(argv: List[str] | None = None) -> int:
             samples.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(grid, samples / f"{args.name}_{label}.png")
     teachers = sorted({PAIRS[label][0] for label in labels}, key=list(TEACHERS).index)
-    brightness = {t: brightness_agreement(t, files[t], args.dataset) for t in teachers
-                  if Path(files[t]).expanduser().with_suffix(".json").is_file()}
+    brightness = {t: brightness_agreement(t, files[t], args.dataset) for t in teachers if card_beside(files[t])}
     write_results(Path(args.results), f"robustness_{args.name}",
                   {"machine": machine, "command": command, "dataset": args.dataset, "base": base,
                    "teacher_epochs": args.epochs, "pairs": rows, "runs": runs, "brightness": brightness},
