@@ -58,11 +58,12 @@ SHORT = {"lenet5": "lenet", "test_resnet": "resnet", "test_efficientnet": "effic
 STUDENTS = {"lenet5_half": "", "lenet5": "_lenet5"}  # student: suffix of its pairs' labels
 PAIRS = {SHORT[t] + suffix: (t, s) for s, suffix in STUDENTS.items() for t in TEACHERS}
 OF_TEACHER, OF_REAL, FAILURE, WITHIN_BEST, COVERAGE = 0.95, 3.0, 0.80, 0.5, 9.0
+BRIGHTNESS_IMAGES = 500
 BRIGHTNESS = {"x0.5": lambda p: p * 0.5, "x0.25": lambda p: p * 0.25, "x0.7+0.3": lambda p: p * 0.7 + 0.3}
 
 
 @torch.no_grad()
-def brightness_agreement(teacher: str, file: str, dataset: str, n: int = 500) -> Dict[str, float]:
+def brightness_agreement(teacher: str, file: str, dataset: str, n: int = BRIGHTNESS_IMAGES) -> Dict[str, float]:
     """How much a teacher ignores brightness: top-1 agreement (%) of its predictions on ``n`` real test images
     with its predictions on the same images darkened or lifted (``BRIGHTNESS``, on 0-1 pixels)."""
     card = read_card(card_beside(file))  # the teacher's input contract, as a run reads it
@@ -180,8 +181,8 @@ def brightness_table(brightness: Dict[str, Dict[str, float]]) -> str:
     if not brightness:
         return ""
     lines = ["", "How much each teacher ignores brightness (`brightness_agreement`): top-1 agreement (%) of its "
-             "predictions on 500 real test images with its predictions on the same images, pixels p changed to:", "",
-             "| teacher | " + " | ".join(BRIGHTNESS) + " |", "|---|" + "---|" * len(BRIGHTNESS)]
+             f"predictions on {BRIGHTNESS_IMAGES} real test images with its predictions on the same images, pixels p "
+             "changed to:", "", *table_head(["teacher", *BRIGHTNESS])]
     lines += [f"| {t} | " + " | ".join(f"{v:.1f}" for v in row.values()) + " |" for t, row in brightness.items()]
     return "\n".join(lines) + "\n"
 
