@@ -35,7 +35,7 @@ from typing import Dict, List, Tuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # dfkd, and sweep.py when imported (tests), not run
 from step_cost import write_results  # noqa: E402
-from sweep import reported_run, run_variant  # noqa: E402
+from sweep import machine_phrase, reported_run, run_variant, table_head  # noqa: E402
 
 from dfkd.machine import machine_description  # noqa: E402
 from dfkd.results import mean_std  # noqa: E402
@@ -76,17 +76,6 @@ def train_teacher(teacher: str, dataset: str, file: str, epochs: int, steps: int
         done = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if done.returncode:
         sys.exit(f"pairs: training {teacher} on {dataset} failed (exit code {done.returncode}); log {log}")
-
-
-def machine_phrase(machine: Dict[str, str]) -> str:
-    """Where a results file was measured, in one sentence (``dfkd.machine.machine_description``)."""
-    return (f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, load average "
-            f"{machine['load']} at the start, {machine['date']}.")
-
-
-def table_head(head: List[str]) -> List[str]:
-    """A markdown table's header and rule."""
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
 
 def spread(row: Dict, key: str) -> str:

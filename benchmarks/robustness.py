@@ -32,9 +32,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
-from pairs import gen_classes, machine_phrase, spread, table_head, teacher_file  # noqa: E402
+from pairs import gen_classes, spread, teacher_file  # noqa: E402
 from step_cost import write_results  # noqa: E402
-from sweep import reported_run, run_variant  # noqa: E402
+from sweep import machine_phrase, reported_run, run_variant, table_head  # noqa: E402
 
 from dfkd.card import card_beside, read_card  # noqa: E402
 from dfkd.data import tensor_dataset  # noqa: E402

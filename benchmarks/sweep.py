@@ -67,6 +67,17 @@ def read_run(run_dir: Path) -> Dict:
     return run
 
 
+def machine_phrase(machine: Dict[str, str]) -> str:
+    """Where a results file was measured, in one sentence (``dfkd.machine.machine_description``)."""
+    return (f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, load average "
+            f"{machine['load']} at the start, {machine['date']}.")
+
+
+def table_head(head: List[str]) -> List[str]:
+    """A markdown table's header and rule."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+
 def markdown(name: str, runs: List[Dict], machine: Dict[str, str], command: str, base: List[str]) -> str:
     done = [r for r in runs if "summary" in r and "error" not in r]
     points = sorted({u for r in runs for u, _ in r["evaluations"]})
@@ -74,10 +85,8 @@ def markdown(name: str, runs: List[Dict], machine: Dict[str, str], command: str,
     points = sorted(set(points[::step]) | set(points[-1:]))
     head = ["variant", "overrides", "final %", "best %", "train s"] + [f"@{u}" for u in points]
     lines = [f"# Sweep: {name}\n", f"`{command}`\n",
-             f"Common overrides: `{' '.join(base) or '(none)'}`. Machine: {machine['cpu']}, {machine['cores']} cores, "
-             f"torch {machine['torch']}, load average {machine['load']} at the start, {machine['date']}. "
-             "Runs shared the machine: train s compares only runs that ran side by side.\n",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             f"Common overrides: `{' '.join(base) or '(none)'}`. {machine_phrase(machine)} "
+             "Runs shared the machine: train s compares only runs that ran side by side.\n", *table_head(head)]
     for r in runs:
         acc = dict(r["evaluations"])
         if "error" in r:  # what it reached before it stopped
