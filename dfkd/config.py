@@ -184,6 +184,12 @@ def _check_pool_and_averages(cfg: Config) -> None:
              "generator.ema mixes its images into freshly generated student batches, and this run has none: "
              "one_stage without a pool has no student-only steps, and with a pool they draw from it; use "
              "two_stage/hybrid with pool.size=0, or pool.fresh > 0")
+    student_only_steps = cfg.scheme != "real_data" and (cfg.scheme == "two_stage" or (cfg.scheme == "hybrid" and cfg.k > 1)
+                                                        or (cfg.pool.size > 0 and cfg.pool.steps > 0))
+    _require(cfg.student.augment == "none" or student_only_steps,
+             f"student.augment jitters the images of the student-only steps, and scheme={cfg.scheme} here has none "
+             "(one_stage and hybrid k=1 without a replay pool step the student only jointly; real_data trains on "
+             "real images); use two_stage, hybrid with k > 1, or pool.size and pool.steps > 0")
     _require(0 <= cfg.student.ema < 1, f"student.ema must be in [0, 1) (0: off), got {cfg.student.ema}")
     _require(cfg.pool.size >= 0 and cfg.pool.steps >= 0, "pool.size and pool.steps must be >= 0")
     _require(0 <= cfg.pool.fresh <= 1, f"pool.fresh must be in [0, 1], got {cfg.pool.fresh}")

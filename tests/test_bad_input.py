@@ -135,6 +135,8 @@ CASES = {
                                          "priors.cmi reads past images kept in the replay pool"),
     "generator EMA without a generated student batch": (["method=mad"], "generator.ema mixes its images into "
                                                                         "freshly generated student batches"),
+    "intensity jitter without a student-only step": (["student.augment=intensity", "scheme=one_stage", "pool.size=0"],
+                                                     "student.augment jitters the images of the student-only steps"),
     "generator with nothing to learn": (["adversarial=0", "priors.ie=0"],
                                         "adversarial=0 leaves the generator nothing to learn"),
     "unbalanced brackets": (["data.mean=[0.1"], "argument 'data.mean=[0.1' does not parse: brackets and quotes must "
